@@ -1,0 +1,30 @@
+# Two entry points (see README): `make demo` runs the whole pipeline on the embedded default,
+# `make test` runs the test suite. Both create or reuse .venv/ and install pinned dependencies.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+
+.PHONY: demo test venv bench clean system
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/metaedge compress
+
+system:
+	bash tools/setup_system.sh
+
+test: $(STAMP) system
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf metaedge-out .metaedge-cache

@@ -1,0 +1,165 @@
+"""``metaedge compress``: the whole chain on the embedded default, or on your model and data."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from metaedge.cli._common import console, positive_int
+
+__all__ = ["add_parser", "run", "summary_table"]
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "compress",
+        help="train/reuse, prune, quantize, export with a parity gate, measure and compile",
+        description="With no arguments: MobileNetV2 on scikit-learn's digits, MetaPruning to 50%% MACs, "
+        "int8 MetaQuant QAT, ONNX export with parity gate, eager vs ONNX Runtime latency, TVM compile for "
+        "the host and a cross-compile for rpi4. Re-running reuses the cached baseline and resumes stages.",
+    )
+    p.add_argument("--config", help="TOML or YAML file with settings (flags override it)")
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", help="registered name (see `metaedge info --list`), pkg.module:factory, or a .pt2 file")
+    g.add_argument("--weights", help="state dict (.pt) loaded with torch.load(weights_only=True)")
+    g.add_argument("--width-mult", type=float, help="width multiplier for zoo models")
+    g.add_argument("--data", help="'digits' (default), an image folder (one subfolder per class) or a .npz with x, y")
+    g.add_argument("--input-size", type=positive_int, help="square input size in pixels (default 16)")
+    g.add_argument("--in-chans", type=positive_int, help="input channels (default: the data's)")
+    g.add_argument("--epochs", type=int, help="baseline training epochs (0: use --weights as they are)")
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("compression")
+    g.add_argument("--prune-macs", help="MACs budget: fraction of the baseline (0.5) or absolute (20M); 'off' to skip")
+    g.add_argument("--prune-preset", choices=("demo", "full"), help="PruningNet/search/fine-tune effort")
+    g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
+    g.add_argument("--quantizer", choices=("metaquant", "ste"))
+    g.add_argument("--quant-preset", choices=("demo", "full"))
+    g = p.add_argument_group("targets and measurement")
+    g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
+    g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
+    g.add_argument("--backend", help="auto (default: fastest measured), onnxruntime, tvm, tensorrt")
+    g.add_argument("--threads", type=positive_int, help="threads for latency measurement (default 1)")
+    g.add_argument("--repeats", type=positive_int, help="timed repeats (default 100)")
+    g.add_argument("--warmup", type=int, help="warm-up runs (default 10)")
+    g.add_argument("--parity-atol", type=float, help="max abs logit error allowed by the export parity gate (default 1e-3)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="artifact directory (default metaedge-out/)")
+    g.add_argument("--cache-dir", help="baseline and checkpoint cache (default .metaedge-cache/)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from metaedge.errors import MetaedgeError
+
+    o: dict[str, Any] = {}
+    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "quant", "quantizer", "quant_preset", "device", "backend", "seed"):
+        v = getattr(args, flag)
+        if v is not None:
+            o[flag] = v
+    if args.prune_macs is not None and args.prune_macs.strip().startswith("-"):
+        raise MetaedgeError(f"--prune-macs {args.prune_macs} is negative", "pass a fraction in (0, 1] such as 0.5, or an absolute budget such as 20M")
+    if args.target:
+        o["targets"] = tuple(t for t in args.target if t.lower() != "none")
+    data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans)) if v is not None}
+    if data:
+        o["data"] = data
+    train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    if args.epochs is not None and args.epochs < 0:
+        raise MetaedgeError(f"--epochs {args.epochs} is negative", "pass 0 or more")
+    if train:
+        o["train"] = train
+    timing = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats), ("warmup", args.warmup)) if v is not None}
+    if timing:
+        o["timing"] = timing
+    if args.parity_atol is not None:
+        if args.parity_atol <= 0:
+            raise MetaedgeError(f"--parity-atol {args.parity_atol} must be positive", "pass e.g. 1e-3")
+        o["export"] = {"atol": args.parity_atol}
+    return o
+
+
+def _fmt_ms(stats: dict | None) -> str:
+    return f"{stats['p50_ms']:.3f}" if stats else "-"
+
+
+def summary_table(manifest: dict[str, Any]):
+    from rich.table import Table
+
+    from metaedge.compress.cost import format_count
+
+    stages = manifest.get("stages", {})
+    lat = manifest.get("latency", {})
+    t = Table(title=f"metaedge summary: {manifest['model']['name']} on {manifest['data']['source']}")
+    for col in ("stage", "val acc", "test acc", "MACs", "params", "ORT p50 ms", "eager p50 ms"):
+        t.add_column(col, justify="right" if col != "stage" else "left")
+    base = stages.get("baseline", {})
+    pct = lambda a: f"{100 * a:.2f}%" if a is not None else "-"  # noqa: E731
+    t.add_row("baseline fp32", pct(base.get("accuracy", {}).get("val")), pct(base.get("accuracy", {}).get("test")), format_count(base.get("macs", 0)), format_count(base.get("params", 0)), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
+    if "prune" in stages:
+        pr = stages["prune"]
+        t.add_row("pruned (MetaPruning)", pct(pr["accuracy"].get("val")), pct(pr["accuracy"].get("test")), format_count(pr["macs"]), format_count(pr["params"]), "-" if "quant" in stages else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
+    if "quant" in stages:
+        q = stages["quant"]
+        cost = manifest.get("cost", {})
+        t.add_row(f"quantized w{q['weight_bits']}a{q['act_bits']} ({q['method']})", pct(q["accuracy"].get("val")), pct(q["accuracy"].get("test")), format_count(cost.get("macs", 0)), format_count(cost.get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
+    final = stages.get("final", {})
+    t.add_row("[bold]deployed model.onnx[/bold]", "-", pct(final.get("accuracy", {}).get("test")), format_count(manifest.get("cost", {}).get("macs", 0)), format_count(manifest.get("cost", {}).get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
+    return t
+
+
+def ratio_lines(manifest: dict[str, Any]) -> list[str]:
+    r = manifest.get("latency_ratios", {})
+    lines = []
+    if r:
+        lines.append(f"baseline eager / ONNX Runtime: {r['eager_over_onnxruntime_baseline']:.2f}x   final eager / ONNX Runtime: {r['eager_over_onnxruntime']:.2f}x   baseline ORT / final ORT: {r['baseline_over_final_onnxruntime']:.2f}x")
+    p = manifest.get("export", {}).get("parity")
+    if p:
+        lines.append(f"parity gate: max abs err {p['max_abs_err']:.2e}, top-1 agreement {p['top1_agreement']:.4f} on {p['samples']} validation images")
+    return lines
+
+
+def compiled_table(manifest: dict[str, Any]):
+    from rich.table import Table
+
+    compiled = manifest.get("compiled") or {}
+    if not compiled:
+        return None
+    t = Table(title="targets: latency p50 (ms) per backend; ratio = eager / backend")
+    for col in ("target", "backend", "where", "p50 ms", "vs eager", "parity max err", "artifact"):
+        t.add_column(col)
+    eager = manifest.get("latency", {}).get("torch_eager", {}).get("p50_ms")
+    for target, section in compiled.items():
+        chosen = section.get("chosen")
+        for backend, entry in (section.get("backends") or {}).items():
+            if not isinstance(entry, dict):
+                continue
+            lat = entry.get("latency") or {}
+            p50 = lat.get("p50_ms")
+            parity = (entry.get("parity") or {}).get("max_abs_err")
+            mark = " *" if backend == chosen else ""
+            t.add_row(target, backend + mark, str(entry.get("measured_on", entry.get("status", "-"))), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager) else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", entry.get("note", "-"))))
+    return t
+
+
+def run(args: argparse.Namespace) -> int:
+    from metaedge.config import PipelineConfig, load_config_file, merge_overrides
+    from metaedge.pipeline import run_pipeline
+
+    cfg = PipelineConfig()
+    if args.config:
+        cfg = merge_overrides(cfg, load_config_file(args.config), where=args.config)
+    cfg = merge_overrides(cfg, _overrides(args))
+    con = console()
+    t0 = time.perf_counter()
+    result = run_pipeline(cfg, log=lambda m: con.print(f"[dim]{m}[/dim]"), quiet=args.quiet)
+    con.print(summary_table(result.manifest))
+    ct = compiled_table(result.manifest)
+    if ct is not None:
+        con.print(ct)
+    for line in ratio_lines(result.manifest):
+        con.print(line)
+    con.print(f"artifacts in {result.out_dir}/ (manifest.json), {time.perf_counter() - t0:.0f} s")
+    return 0

@@ -1,0 +1,122 @@
+"""ONNX export with a numeric parity gate against PyTorch.
+
+The model is exported with the dynamo exporter (``torch.onnx.export(dynamo=True)``), a dynamic
+batch axis, input ``input`` and output ``logits``, checked with ``onnx.checker`` and written
+atomically, weights inside the one file when they fit under protobuf's 2 GB limit. The gate then
+runs ONNX Runtime and PyTorch on the same real inputs; an export whose outputs disagree beyond
+tolerance is refused, so a wrong ONNX never reaches a device.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from metaedge.artifacts import atomic_path
+from metaedge.errors import MetaedgeError
+
+__all__ = ["ExportConfig", "ParityReport", "ParityError", "check_parity", "compare_logits", "export_onnx"]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    atol: float = 1e-3  # max |onnx - torch| over all logits
+    min_top1_agreement: float = 1.0  # fraction of inputs whose arg-max must agree
+    parity_samples: int = 256
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    max_abs_err: float
+    mean_abs_err: float
+    top1_agreement: float
+    samples: int
+    atol: float
+    min_top1_agreement: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ParityError(MetaedgeError):
+    """The exported artifact disagrees with the model it came from."""
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str, config: ExportConfig = ExportConfig()) -> Path:
+    import onnx
+
+    path = Path(path)
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    example = example_input[:1].contiguous()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter is chatty (progress lines, warnings for benign fallbacks): keep the CLI quiet.
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=config.opset,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise MetaedgeError(f"torch.onnx.export failed for this model ({first[:200]})", "run with --debug for the exporter's trace; data-dependent control flow must be removed for export") from exc
+    proto = program.model_proto
+    too_big = proto.ByteSize() > _PROTOBUF_LIMIT
+    with atomic_path(path) as tmp:
+        if too_big:  # > 2 GB cannot live in one protobuf: weights go beside it
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, location=path.name + ".data")
+        else:
+            onnx.save_model(proto, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return path
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float]:
+    """(max abs error, mean abs error, top-1 agreement) of two logit batches."""
+    if reference.shape != candidate.shape:
+        raise ParityError(f"output shapes differ: reference {reference.shape}, artifact {candidate.shape}", "re-export the model")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+    return float(diff.max()), float(diff.mean()), agree
+
+
+def check_parity(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, config: ExportConfig = ExportConfig(), raise_on_fail: bool = True) -> ParityReport:
+    """Run ONNX Runtime and PyTorch on ``inputs`` (real validation images) and compare logits."""
+    from metaedge.deploy.backends.onnxruntime import OrtRunner
+
+    x = inputs[: config.parity_samples].contiguous()
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    runner = OrtRunner(onnx_path, threads=1)
+    out = np.concatenate([runner.run(x[i : i + 64].numpy()) for i in range(0, len(x), 64)])
+    max_err, mean_err, agree = compare_logits(ref, out)
+    passed = max_err <= config.atol and agree >= config.min_top1_agreement
+    report = ParityReport(max_err, mean_err, agree, len(x), config.atol, config.min_top1_agreement, passed)
+    if raise_on_fail and not passed:
+        raise ParityError(
+            f"parity gate failed for {onnx_path}: max abs error {max_err:.3g} (tolerance {config.atol:g}), top-1 agreement {agree:.4f} (need {config.min_top1_agreement:g})",
+            "the ONNX file does not compute what the PyTorch model does; run with --debug, or loosen --parity-atol only if you accept the drift",
+        )
+    return report

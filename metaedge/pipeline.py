@@ -1,0 +1,261 @@
+"""Runs the stages of ``metaedge compress`` in order; owns nothing else.
+
+model -> baseline (train or reuse) -> prune -> quantize -> export + parity -> latency -> compile.
+After every stage the manifest is rewritten atomically, so a killed run leaves a consistent
+artifact directory, and long stages (training, PruningNet, search, QAT) resume from their
+checkpoints under the cache directory when the same command is run again.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from metaedge.artifacts import ArtifactDir, atomic_path, atomic_write_json, file_sha256
+from metaedge.compress.cost import count_cost
+from metaedge.compress.train import evaluate, fit
+from metaedge.config import PipelineConfig
+from metaedge.data import DataSplits, load_data, make_loader
+from metaedge.deploy.export import check_parity, export_onnx
+from metaedge.errors import MetaedgeError
+from metaedge.targets.measure.local import time_onnxruntime, time_torch_eager
+from metaedge.zoo import build_model
+
+__all__ = ["PipelineResult", "run_pipeline", "tool_versions"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PipelineResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    seconds: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("metaedge", "torch", "onnx", "onnxruntime", "onnxscript", "apache-tvm", "numpy", "scikit-learn"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _model_kwargs(cfg: PipelineConfig, data: DataSplits) -> dict[str, Any]:
+    kw: dict[str, Any] = {"num_classes": data.num_classes, "in_chans": data.in_chans, "input_size": data.input_size}
+    if cfg.width_mult is not None:
+        kw["width_mult"] = cfg.width_mult
+    return kw
+
+
+def _baseline_key(cfg: PipelineConfig, data: DataSplits) -> str:
+    ident = {
+        "model": cfg.model,
+        "kwargs": _model_kwargs(cfg, data),
+        "weights": file_sha256(cfg.weights) if cfg.weights else None,
+        "data": asdict(cfg.data),
+        "train": asdict(cfg.train),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _accuracy(model: nn.Module, data: DataSplits) -> dict[str, float]:
+    return {
+        "val": evaluate(model, make_loader(data.val, 256, False)),
+        "test": evaluate(model, make_loader(data.test, 256, False)),
+    }
+
+
+def _onnx_accuracy(onnx_path: Path, data: DataSplits) -> float:
+    from metaedge.deploy.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(onnx_path, threads=1)
+    x, y = data.test.tensors
+    logits = np.concatenate([runner.run(x[i : i + 128].numpy()) for i in range(0, len(x), 128)])
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def _stage_baseline(cfg: PipelineConfig, data: DataSplits, log: Log, quiet: bool) -> tuple[nn.Module, dict[str, Any]]:
+    model = build_model(cfg.model, cfg.weights, **_model_kwargs(cfg, data))
+    key = _baseline_key(cfg, data)
+    cache = Path(cfg.cache_dir) / f"baseline-{key}"
+    weights_path, result_path = cache / "model.pt", cache / "result.json"
+    t0 = time.perf_counter()
+    cached = weights_path.exists() and result_path.exists()
+    if cached:
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        info = json.loads(result_path.read_text())
+        log(f"baseline: reusing cached model {weights_path}")
+    else:
+        train_seconds = 0.0
+        if cfg.train.epochs > 0:
+            log(f"baseline: training {cfg.model} for {cfg.train.epochs} epochs (checkpoint {cache / 'checkpoint.pt'})")
+            res = fit(
+                model,
+                make_loader(data.train, cfg.train.batch_size, True, cfg.train.seed),
+                make_loader(data.val, 256, False),
+                cfg.train,
+                checkpoint=cache / "checkpoint.pt",
+                resume=True,
+                desc="baseline",
+                quiet=quiet,
+            )
+            train_seconds = res.seconds
+        info = {"train_seconds": round(train_seconds, 2), "accuracy": _accuracy(model, data)}
+        with atomic_path(weights_path) as tmp:
+            torch.save(model.state_dict(), tmp)
+        atomic_write_json(result_path, info)
+    cost = count_cost(model, data.input_shape)
+    info = {**info, "macs": cost.macs, "params": cost.params, "cached": cached, "seconds": round(time.perf_counter() - t0, 2)}
+    return model.eval(), info
+
+
+def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool, budget_fn=None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    from metaedge.compress import metapruning as mp
+
+    preset = mp.PRESETS[cfg.prune_preset]
+    base = count_cost(model, data.input_shape)
+    budget = mp.parse_budget(str(cfg.prune_macs), base.macs)
+    prune_cfg = replace(preset, budget_kind="latency" if budget_fn is not None else "macs", budget=budget)
+    log(f"prune: MetaPruning to <= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M), preset {cfg.prune_preset}")
+    res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
+    cost = count_cost(res.model, data.input_shape)
+    if cost.macs > budget and budget_fn is None:
+        raise MetaedgeError(f"pruned model has {cost.macs} MACs, over the budget {budget:.0f}", "this is a bug in the search; report it with the search log")
+    info = {
+        "method": "metapruning",
+        "budget_macs": int(budget),
+        "macs": cost.macs,
+        "params": cost.params,
+        "widths": res.widths,
+        "accuracy": _accuracy(res.model, data),
+        "search_log": str(res.search_log),
+        "seconds": res.seconds,
+    }
+    return res.model.eval(), info, res.plot_path
+
+
+def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool):
+    from metaedge.compress import metaquant as mq
+
+    wbits, abits = mq.parse_quant_spec(str(cfg.quant))
+    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer)
+    log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits}, preset {cfg.quant_preset}")
+    res = mq.quantize_model(copy.deepcopy(model), data, qcfg, workdir, quiet=quiet)
+    info = {"method": cfg.quantizer, "weight_bits": wbits, "act_bits": abits, "accuracy": {"val": res.val_accuracy, "test": res.test_accuracy}, "seconds": res.seconds}
+    return res.model.eval(), info
+
+
+def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> PipelineResult:
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    out = ArtifactDir(cfg.out)
+    data = load_data(cfg.data)
+    out.update(
+        tools=tool_versions(),
+        config=json.loads(json.dumps(cfg.to_dict(), default=str)),
+        data=data.summary(),
+        model={
+            "name": cfg.model,
+            "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape),
+            "input_name": "input",
+            "output_name": "logits",
+            "dtype": "float32",
+            "preprocess": {"mean": data.mean, "std": data.std, "input_size": data.input_size, "in_chans": data.in_chans},
+        },
+        stages={},
+    )
+    example = data.val.tensors[0][:1]
+
+    # 1. baseline
+    model, base_info = _stage_baseline(cfg, data, log, quiet)
+    out.update(stages={"baseline": base_info})
+    baseline_model = model
+    export_onnx(baseline_model, example, out.path("baseline.onnx"), cfg.export)
+    out.record_file("baseline.onnx", "baseline fp32 model (for comparison)")
+    check_parity(baseline_model, out.path("baseline.onnx"), data.val.tensors[0], cfg.export)
+
+    # 2. prune
+    workdir = Path(cfg.cache_dir) / f"run-{_baseline_key(cfg, data)}"
+    if cfg.prune_enabled:
+        model, prune_info, plot = _stage_prune(cfg, model, data, workdir / f"prune-{cfg.prune_macs}-{cfg.prune_preset}", log, quiet)
+        if plot is not None and Path(plot).exists():
+            with atomic_path(out.path("pruning_search.png")) as tmp:
+                tmp.write_bytes(Path(plot).read_bytes())
+            out.record_file("pruning_search.png", "accuracy vs MACs of evaluated candidates")
+        out.update(stages={"prune": prune_info})
+    fp32_model = model
+    cost = count_cost(fp32_model, data.input_shape)
+
+    # 3. quantize + 4. export with parity gate
+    onnx_path = out.path("model.onnx")
+    if cfg.quant_enabled:
+        qmodel, quant_info = _stage_quant(cfg, model, data, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.prune_macs}", log, quiet)
+        from metaedge.deploy.qdq import check_qdq_parity, export_qdq
+
+        qdq_info = export_qdq(qmodel, example, onnx_path)
+        parity = check_qdq_parity(qmodel, onnx_path, data.val.tensors[0])
+        quant_info["export"] = qdq_info
+        out.update(stages={"quant": quant_info})
+        with atomic_path(out.path("model.pt")) as tmp:
+            torch.save(qmodel.state_dict(), tmp)
+    else:
+        export_onnx(fp32_model, example, onnx_path, cfg.export)
+        parity = check_parity(fp32_model, onnx_path, data.val.tensors[0], cfg.export).to_dict()
+        with atomic_path(out.path("model.pt")) as tmp:
+            torch.save(fp32_model.state_dict(), tmp)
+    out.record_file("model.onnx", "deployable model")
+    out.record_file("model.pt", "PyTorch state dict of the final model")
+    log(f"export: {onnx_path} passed the parity gate (max abs err {parity['max_abs_err']:.2e}, top-1 agreement {parity['top1_agreement']:.4f})")
+    final_acc = _onnx_accuracy(onnx_path, data)
+    out.update(
+        export={"opset": cfg.export.opset, "parity": parity},
+        cost={"macs": cost.macs, "params": cost.params, "baseline_macs": base_info["macs"], "baseline_params": base_info["params"]},
+        stages={"final": {"accuracy": {"test": final_acc}, "measured_on": "onnxruntime", "model_sha256": file_sha256(onnx_path)}},
+    )
+
+    # 5. latency on this machine, same input for every backend
+    log(f"latency: {cfg.timing.repeats} repeats after {cfg.timing.warmup} warm-up, {cfg.timing.threads} thread(s)")
+    x = example
+    lat = {
+        "torch_eager": time_torch_eager(fp32_model, x, cfg.timing).to_dict(),
+        "onnxruntime": time_onnxruntime(onnx_path, x.numpy(), cfg.timing).to_dict(),
+        "torch_eager_baseline": time_torch_eager(baseline_model, x, cfg.timing).to_dict(),
+        "onnxruntime_baseline": time_onnxruntime(out.path("baseline.onnx"), x.numpy(), cfg.timing).to_dict(),
+    }
+    ratios = {
+        "eager_over_onnxruntime_baseline": lat["torch_eager_baseline"]["p50_ms"] / lat["onnxruntime_baseline"]["p50_ms"],
+        "eager_over_onnxruntime": lat["torch_eager"]["p50_ms"] / lat["onnxruntime"]["p50_ms"],
+        "baseline_over_final_onnxruntime": lat["onnxruntime_baseline"]["p50_ms"] / lat["onnxruntime"]["p50_ms"],
+    }
+    out.update(latency=lat, latency_ratios=ratios)
+
+    # 6. compile for targets
+    if cfg.targets:
+        from metaedge.deploy.compile import compile_for_target
+        from metaedge.targets.registry import get_target
+
+        for name in cfg.targets:
+            target = get_target(name)
+            log(f"compile: {name} ({cfg.backend})")
+            section = compile_for_target(onnx_path, target, out.root, backends=cfg.backend, timing=cfg.timing, device=cfg.device)
+            out.update(compiled={name: section})
+
+    seconds = time.perf_counter() - t_start
+    out.update(run={"seconds": round(seconds, 1), "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return PipelineResult(out.root, out.manifest, seconds)
