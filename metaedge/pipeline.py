@@ -143,10 +143,11 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
         "params": cost.params,
         "widths": res.widths,
         "accuracy": _accuracy(res.model, data),
+        "search_accuracy": res.search_accuracy,
         "search_log": str(res.search_log),
         "seconds": res.seconds,
     }
-    return res.model.eval(), info, res.plot_path
+    return res.model.eval(), info, res.plot
 
 
 def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool):
