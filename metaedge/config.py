@@ -32,6 +32,7 @@ class PipelineConfig:
     cache_dir: str = ".metaedge-cache"
     prune_macs: str | None = "0.5"  # fraction of the baseline ("0.5") or absolute ("20M"); None: no pruning
     prune_preset: str = "demo"
+    prune_latency: str | None = None  # latency budget on targets[0]: "2ms", "500us", or a fraction of the measured baseline ("0.6")
     quant: str | None = "w8a8"  # "w8a8", "w4a8", ...; None: no quantization
     quantizer: str = "metaquant"
     quant_preset: str = "demo"
@@ -51,12 +52,18 @@ class PipelineConfig:
             raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant or --quantizer ste")
         if self.prune_preset not in ("demo", "full") or self.quant_preset not in ("demo", "full"):
             raise MetaedgeError("presets must be 'demo' or 'full'", "fix --prune-preset / --quant-preset")
+        if self.latency_budget_enabled and not self.targets:
+            raise MetaedgeError("--prune-latency needs a target to measure on", "add --target NAME (e.g. --target rpi4 --device host:port/key)")
         if self.timing.threads < 1:
             raise MetaedgeError(f"--threads {self.timing.threads} must be at least 1", "pass --threads 1 or more")
 
     @property
     def prune_enabled(self) -> bool:
         return self.prune_macs is not None and str(self.prune_macs).strip().lower() not in _OFF
+
+    @property
+    def latency_budget_enabled(self) -> bool:
+        return self.prune_latency is not None and str(self.prune_latency).strip().lower() not in _OFF
 
     @property
     def quant_enabled(self) -> bool:

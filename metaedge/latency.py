@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-__all__ = ["LatencyStats", "TimingConfig", "summarize", "time_callable"]
+__all__ = ["LatencyStats", "TimingConfig", "parse_latency_budget", "summarize", "time_callable"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,21 @@ def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig(
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     return summarize(samples)
+
+
+def parse_latency_budget(text: str, reference_ms: float | None = None) -> float:
+    """"2ms" / "500us" / "0.002s" -> milliseconds; a bare number in (0, 1] is a fraction of ``reference_ms``."""
+    import re
+
+    s = str(text).strip().lower()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|us|µs|s)?", s)
+    if not m:
+        raise ValueError(f"latency budget {text!r} is not like 2ms, 500us or 0.6")
+    value, unit = float(m.group(1)), m.group(2)
+    if value <= 0:
+        raise ValueError(f"latency budget {text!r} must be positive")
+    if unit is None:
+        if value > 1 or reference_ms is None:
+            raise ValueError(f"latency budget {text!r} has no unit; write 2ms, or a fraction in (0, 1] of the baseline")
+        return value * reference_ms
+    return value * {"ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}[unit]

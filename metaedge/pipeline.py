@@ -124,21 +124,27 @@ def _stage_baseline(cfg: PipelineConfig, data: DataSplits, log: Log, quiet: bool
     return model.eval(), info
 
 
-def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool, budget_fn=None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool, budget_fn=None, latency_budget_ms: float | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
     from metaedge.compress import metapruning as mp
 
     preset = mp.PRESETS[cfg.prune_preset]
     base = count_cost(model, data.input_shape)
-    budget = mp.parse_budget(str(cfg.prune_macs), base.macs)
-    prune_cfg = replace(preset, budget_kind="latency" if budget_fn is not None else "macs", budget=budget)
-    log(f"prune: MetaPruning to <= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M), preset {cfg.prune_preset}")
+    if budget_fn is not None:
+        budget = float(latency_budget_ms)
+        prune_cfg = replace(preset, budget_kind="latency", budget=budget)
+        log(f"prune: MetaPruning to <= {budget:.3f} ms predicted on {cfg.targets[0]}, preset {cfg.prune_preset}")
+    else:
+        budget = mp.parse_budget(str(cfg.prune_macs), base.macs)
+        prune_cfg = replace(preset, budget_kind="macs", budget=budget)
+        log(f"prune: MetaPruning to <= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M), preset {cfg.prune_preset}")
     res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
     cost = count_cost(res.model, data.input_shape)
     if cost.macs > budget and budget_fn is None:
         raise MetaedgeError(f"pruned model has {cost.macs} MACs, over the budget {budget:.0f}", "this is a bug in the search; report it with the search log")
     info = {
         "method": "metapruning",
-        "budget_macs": int(budget),
+        "budget_kind": prune_cfg.budget_kind,
+        "budget": budget,
         "macs": cost.macs,
         "params": cost.params,
         "widths": res.widths,
@@ -148,6 +154,37 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
         "seconds": res.seconds,
     }
     return res.model.eval(), info, res.plot
+
+
+def _latency_budget(cfg: PipelineConfig, baseline: nn.Module, data: DataSplits, out: ArtifactDir, log: Log):
+    """A per-layer latency table measured on the first target, calibrated by one end-to-end
+    measurement of the baseline there; returns (latency_fn, budget_ms, info)."""
+    from metaedge.compress.cost import layer_specs
+    from metaedge.deploy.compile import compile_for_target
+    from metaedge.latency import parse_latency_budget
+    from metaedge.targets.latency_table import make_latency_fn
+    from metaedge.targets.registry import get_target
+
+    target = get_target(cfg.targets[0])
+    where = cfg.device or "this machine"
+    log(f"prune: measuring the per-layer latency table of {cfg.model} on {target.name} ({where})")
+    fn = make_latency_fn(target, cfg.device, model=baseline, input_shape=data.input_shape, width_multipliers=(0.25, 0.5, 0.75, 1.0))
+    section = compile_for_target(out.path("baseline.onnx"), target, out.root / "latency-baseline", backends="tvm", timing=cfg.timing, device=cfg.device)
+    measured = (section.get("tvm") or {}).get("latency", {}) or {}
+    specs = layer_specs(baseline, data.input_shape)
+    info: dict[str, Any] = {"target": target.name, "device": cfg.device, "table_raw_ms": fn.table.predict(specs)}
+    if measured.get("p50_ms"):
+        info["baseline_measured_ms"] = measured["p50_ms"]
+        info["table_scale"] = fn.table.calibrate(specs, measured["p50_ms"])
+    reference = measured.get("p50_ms") or fn.table.predict(specs)
+    try:
+        budget = parse_latency_budget(str(cfg.prune_latency), reference)
+    except ValueError as exc:
+        raise MetaedgeError(str(exc), "pass --prune-latency like 2ms, 500us or 0.6") from exc
+    info["budget_ms"] = budget
+    if budget < fn.table.overhead_ms:
+        raise MetaedgeError(f"latency budget {budget:.3f} ms is below the target's fixed overhead {fn.table.overhead_ms:.3f} ms", "raise --prune-latency")
+    return fn, budget, info
 
 
 def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool):
@@ -193,8 +230,17 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
 
     # 2. prune
     workdir = Path(cfg.cache_dir) / f"run-{_baseline_key(cfg, data)}"
-    if cfg.prune_enabled:
-        model, prune_info, plot = _stage_prune(cfg, model, data, workdir / f"prune-{cfg.prune_macs}-{cfg.prune_preset}", log, quiet)
+    if cfg.prune_enabled or cfg.latency_budget_enabled:
+        budget_fn, lat_info = None, None
+        if cfg.latency_budget_enabled:
+            budget_fn, budget_ms, lat_info = _latency_budget(cfg, model, data, out, log)
+        tag = f"lat{cfg.prune_latency}-{cfg.targets[0]}" if budget_fn is not None else f"{cfg.prune_macs}"
+        model, prune_info, plot = _stage_prune(cfg, model, data, workdir / f"prune-{tag}-{cfg.prune_preset}", log, quiet, budget_fn=budget_fn, latency_budget_ms=budget_ms if budget_fn else None)
+        if lat_info is not None:
+            from metaedge.compress.cost import layer_specs
+
+            lat_info["predicted_ms"] = budget_fn(layer_specs(model, data.input_shape))
+            prune_info["latency_budget"] = lat_info
         if plot is not None and Path(plot).exists():
             with atomic_path(out.path("pruning_search.png")) as tmp:
                 tmp.write_bytes(Path(plot).read_bytes())

@@ -33,6 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("compression")
     g.add_argument("--prune-macs", help="MACs budget: fraction of the baseline (0.5) or absolute (20M); 'off' to skip")
     g.add_argument("--prune-preset", choices=("demo", "full"), help="PruningNet/search/fine-tune effort")
+    g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
     g.add_argument("--quantizer", choices=("metaquant", "ste"))
     g.add_argument("--quant-preset", choices=("demo", "full"))
@@ -55,12 +56,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from metaedge.errors import MetaedgeError
 
     o: dict[str, Any] = {}
-    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "quant", "quantizer", "quant_preset", "device", "backend", "seed"):
+    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "quant", "quantizer", "quant_preset", "device", "backend", "seed"):
         v = getattr(args, flag)
         if v is not None:
             o[flag] = v
     if args.prune_macs is not None and args.prune_macs.strip().startswith("-"):
         raise MetaedgeError(f"--prune-macs {args.prune_macs} is negative", "pass a fraction in (0, 1] such as 0.5, or an absolute budget such as 20M")
+    if args.prune_latency is not None and args.prune_latency.strip().startswith("-"):
+        raise MetaedgeError(f"--prune-latency {args.prune_latency} is negative", "pass e.g. 2ms, 500us or a fraction such as 0.6")
     if args.target:
         o["targets"] = tuple(t for t in args.target if t.lower() != "none")
     data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans)) if v is not None}

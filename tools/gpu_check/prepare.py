@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--dest", default=".gpu")
     ap.add_argument("--python-version", default="3.12", help="Python of the GPU machine (for the tvm-ffi wheel)")
+    ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     args = ap.parse_args()
     dest = Path(args.dest)
     if dest.exists():
@@ -48,7 +49,8 @@ def main() -> None:
     (dest / "models").mkdir(parents=True)
     manifest = {"arch": args.arch, "cases": {}}
     tmp = tempfile.TemporaryDirectory()
-    for case, (name, kw, shape) in CASES.items():
+    for case in args.cases:
+        name, kw, shape = CASES[case]
         torch.manual_seed(0)
         model = create_model(name, **kw).eval()
         x = torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(1))
