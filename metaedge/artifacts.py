@@ -82,6 +82,8 @@ def load_manifest(directory: Path | str) -> dict[str, Any]:
         raise MetaedgeError(f"{path} does not exist", "point --artifact at a directory written by `metaedge compress`")
     try:
         manifest = json.loads(path.read_text())
+    except PermissionError as exc:
+        raise MetaedgeError(f"{path} is not readable by this user", f"fix its permissions (chmod a+r {path})") from exc
     except json.JSONDecodeError as exc:
         raise MetaedgeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})", "re-run `metaedge compress` to rewrite it") from exc
     version = manifest.get("schema_version")

@@ -136,14 +136,15 @@ def compiled_table(manifest: dict[str, Any]):
     eager = manifest.get("latency", {}).get("torch_eager", {}).get("p50_ms")
     for target, section in compiled.items():
         chosen = section.get("chosen")
-        for backend, entry in (section.get("backends") or {}).items():
-            if not isinstance(entry, dict):
-                continue
+        for backend, entry in section.items():
+            if not isinstance(entry, dict) or "status" not in entry:
+                continue  # "chosen", "chosen_by" and other scalars sit beside the backends
             lat = entry.get("latency") or {}
             p50 = lat.get("p50_ms")
             parity = (entry.get("parity") or {}).get("max_abs_err")
             mark = " *" if backend == chosen else ""
-            t.add_row(target, backend + mark, str(entry.get("measured_on", entry.get("status", "-"))), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager) else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", entry.get("note", "-"))))
+            where = entry.get("measured_on") or f"{entry.get('status', '-')}: {str(entry.get('reason', ''))[:60]}"
+            t.add_row(target, backend + mark, str(where), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager) else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", "-")))
     return t
 
 

@@ -1,0 +1,58 @@
+"""Decode inputs: ``.npy`` bytes/files and images (resized and normalized per the manifest)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from metaedge.deploy.runtime.errors import InputError
+from metaedge.deploy.runtime.spec import ModelSpec
+
+__all__ = ["IMAGE_SUFFIXES", "load_image", "load_input_file", "npy_from_bytes"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
+
+
+def npy_from_bytes(data: bytes, spec: ModelSpec) -> np.ndarray:
+    """Raw ``.npy`` bytes -> validated batch. ``allow_pickle=False``: a request must never run code."""
+    if not data:
+        raise InputError("empty body; send a .npy array")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError/OSError/EOFError/UnpicklingError for junk
+        raise InputError(f"body is not a valid .npy array ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return spec.validate(arr)
+
+
+def load_image(source: str | Path | bytes, spec: ModelSpec) -> np.ndarray:
+    """Image -> [1, C, H, W] float32: grayscale when C == 1, resized to H x W, scaled to [0, 1],
+    then normalized with the manifest's mean/std (the same preprocessing as training)."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - Pillow is a runtime requirement
+        raise InputError("image inputs need Pillow; pip install pillow, or send .npy") from exc
+    c, h, w = spec.chw
+    if c not in (1, 3):
+        raise InputError(f"images can only feed 1- or 3-channel models, this one takes {c} channels; send .npy")
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read image ({exc})") from None
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(c, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(c, 1, 1)
+    return spec.validate(((arr - mean) / std).astype(np.float32)[None])
+
+
+def load_input_file(path: str | Path, spec: ModelSpec) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    if path.suffix.lower() == ".npy":
+        return npy_from_bytes(path.read_bytes(), spec)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return load_image(path, spec)
+    raise InputError(f"{path}: unsupported input type {path.suffix!r}; use .npy or an image ({', '.join(IMAGE_SUFFIXES)})")
