@@ -48,10 +48,12 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.width_mult is not None and self.width_mult <= 0:
             raise MetaedgeError(f"width multiplier {self.width_mult} must be positive", "pass e.g. --width-mult 0.5")
-        if self.quantizer not in ("metaquant", "ste"):
-            raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant or --quantizer ste")
+        if self.quantizer not in ("metaquant", "ste", "ptq"):
+            raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant, ste or ptq")
         if self.prune_preset not in ("demo", "full") or self.quant_preset not in ("demo", "full"):
             raise MetaedgeError("presets must be 'demo' or 'full'", "fix --prune-preset / --quant-preset")
+        if self.quantizer == "ptq" and self.quant_enabled and str(self.quant).lower() != "w8a8":
+            raise MetaedgeError(f"--quantizer ptq gives int8 weights, not {self.quant}", "use --quant w8a8 with ptq, or --quantizer metaquant/ste for fewer bits")
         if self.latency_budget_enabled and not self.targets:
             raise MetaedgeError("--prune-latency needs a target to measure on", "add --target NAME (e.g. --target rpi4 --device host:port/key)")
         if self.timing.threads < 1:

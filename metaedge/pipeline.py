@@ -191,11 +191,22 @@ def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
     from metaedge.compress import metaquant as mq
 
     wbits, abits = mq.parse_quant_spec(str(cfg.quant))
-    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer)
-    log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits}, preset {cfg.quant_preset}")
-    res = mq.quantize_model(copy.deepcopy(model), data, qcfg, workdir, quiet=quiet)
-    info = {"method": cfg.quantizer, "weight_bits": wbits, "act_bits": abits, "accuracy": {"val": res.val_accuracy, "test": res.test_accuracy}, "seconds": res.seconds}
+    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits))
+    log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.weight_quantizer} weights), preset {cfg.quant_preset}")
+    res = mq.quantize_model(model, data, qcfg, workdir, quiet=quiet)
+    info = {"method": cfg.quantizer, "weight_bits": wbits, "act_bits": abits, "weight_quantizer": qcfg.weight_quantizer, "accuracy": {"val": res.val_accuracy, "test": res.test_accuracy}, "seconds": round(res.seconds, 2)}
     return res.model.eval(), info
+
+
+def _stage_ptq(fp32_onnx: Path, onnx_path: Path, data: DataSplits, log: Log) -> dict[str, Any]:
+    """Post-training int8 (ONNX Runtime's quantize_static, QDQ, per-channel) on training batches."""
+    from metaedge.compress.metaquant.ptq import quantize_ptq
+
+    log("quant: post-training int8 with ONNX Runtime quantize_static (QDQ, per-channel), 8 calibration batches of 32")
+    x = data.train.tensors[0]
+    t0 = time.perf_counter()
+    quantize_ptq(fp32_onnx, onnx_path, [x[i : i + 32].numpy() for i in range(0, min(len(x), 256), 32)])
+    return {"method": "ptq", "weight_bits": 8, "act_bits": 8, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> PipelineResult:
@@ -252,20 +263,31 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
     # 3. quantize + 4. export with parity gate
     onnx_path = out.path("model.onnx")
     if cfg.quant_enabled:
-        qmodel, quant_info = _stage_quant(cfg, model, data, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.prune_macs}", log, quiet)
-        from metaedge.deploy.qdq import check_qdq_parity, export_qdq
+        # The fp32 model of this stage is exported too: the int8 / fp32 latency ratio is measured on it.
+        fp32_onnx = out.path("model_fp32.onnx")
+        export_onnx(fp32_model, example, fp32_onnx, cfg.export)
+        check_parity(fp32_model, fp32_onnx, data.val.tensors[0], cfg.export)
+        out.record_file("model_fp32.onnx", "fp32 model before quantization (for comparison)")
+        if cfg.quantizer == "ptq":
+            quant_info = _stage_ptq(fp32_onnx, onnx_path, data, log)
+            quant_info["accuracy"] = {"val": None, "test": _onnx_accuracy(onnx_path, data)}
+            parity = {"reference": "fp32 PyTorch (PTQ has no fake-quant model)", **check_parity(fp32_model, onnx_path, data.val.tensors[0], cfg.export, raise_on_fail=False).to_dict()}
+            final_torch = fp32_model
+        else:
+            from metaedge.deploy.qdq import check_qdq_parity, check_qdq_fusion, export_qdq
 
-        qdq_info = export_qdq(qmodel, example, onnx_path)
-        parity = check_qdq_parity(qmodel, onnx_path, data.val.tensors[0])
-        quant_info["export"] = qdq_info
+            qmodel, quant_info = _stage_quant(cfg, model, data, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.quant_preset}-{cfg.prune_macs}", log, quiet)
+            quant_info["export"] = export_qdq(qmodel, example, onnx_path)
+            parity = check_qdq_parity(qmodel, onnx_path, data.val.tensors[0])
+            quant_info["fusion"] = check_qdq_fusion(onnx_path)
+            final_torch = qmodel
         out.update(stages={"quant": quant_info})
-        with atomic_path(out.path("model.pt")) as tmp:
-            torch.save(qmodel.state_dict(), tmp)
     else:
         export_onnx(fp32_model, example, onnx_path, cfg.export)
         parity = check_parity(fp32_model, onnx_path, data.val.tensors[0], cfg.export).to_dict()
-        with atomic_path(out.path("model.pt")) as tmp:
-            torch.save(fp32_model.state_dict(), tmp)
+        final_torch = fp32_model
+    with atomic_path(out.path("model.pt")) as tmp:
+        torch.save(final_torch.state_dict(), tmp)
     out.record_file("model.onnx", "deployable model")
     out.record_file("model.pt", "PyTorch state dict of the final model")
     log(f"export: {onnx_path} passed the parity gate (max abs err {parity['max_abs_err']:.2e}, top-1 agreement {parity['top1_agreement']:.4f})")
@@ -285,11 +307,15 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
         "torch_eager_baseline": time_torch_eager(baseline_model, x, cfg.timing).to_dict(),
         "onnxruntime_baseline": time_onnxruntime(out.path("baseline.onnx"), x.numpy(), cfg.timing).to_dict(),
     }
+    if cfg.quant_enabled:
+        lat["onnxruntime_fp32"] = time_onnxruntime(out.path("model_fp32.onnx"), x.numpy(), cfg.timing).to_dict()
     ratios = {
         "eager_over_onnxruntime_baseline": lat["torch_eager_baseline"]["p50_ms"] / lat["onnxruntime_baseline"]["p50_ms"],
         "eager_over_onnxruntime": lat["torch_eager"]["p50_ms"] / lat["onnxruntime"]["p50_ms"],
         "baseline_over_final_onnxruntime": lat["onnxruntime_baseline"]["p50_ms"] / lat["onnxruntime"]["p50_ms"],
     }
+    if cfg.quant_enabled:
+        ratios["fp32_over_int8_onnxruntime"] = lat["onnxruntime_fp32"]["p50_ms"] / lat["onnxruntime"]["p50_ms"]
     out.update(latency=lat, latency_ratios=ratios)
 
     # 6. compile for targets

@@ -30,3 +30,22 @@ def test_compress_foundation_chain(tmp_path):
     m2 = json.loads((out / "manifest.json").read_text())
     assert m2["stages"]["baseline"]["cached"] is True
     assert m2["stages"]["baseline"]["accuracy"] == m["stages"]["baseline"]["accuracy"]
+
+
+def test_compress_full_chain_prune_quant_compile(tmp_path):
+    """Prune -> int8 QAT -> QDQ export + parity -> compile for the host: every stage in the manifest."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    proc = run_cli("compress", "--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--epochs", "2", "--prune-macs", "0.5", "--quant", "w8a8", "--target", "x86", "--backend", "onnxruntime", "--repeats", "20", "--out", str(out), "--cache-dir", str(cache), "--quiet", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    base, prune, quant = m["stages"]["baseline"], m["stages"]["prune"], m["stages"]["quant"]
+    assert prune["macs"] <= 0.5 * base["macs"] and prune["params"] < base["params"]
+    assert quant["weight_bits"] == 8 and quant["act_bits"] == 8
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert m["stages"]["final"]["accuracy"]["test"] > 0.3
+    assert m["compiled"]["x86"]["chosen"] == "onnxruntime"
+    assert m["compiled"]["x86"]["onnxruntime"]["latency"]["p50_ms"] > 0
+    assert (out / "pruning_search.png").stat().st_size > 1000

@@ -24,3 +24,26 @@ def test_time_callable_counts_calls():
 def test_bad_timing_config():
     with pytest.raises(ValueError):
         TimingConfig(repeats=0)
+
+
+@pytest.mark.parametrize("text,ref,ms", [("2ms", None, 2.0), ("500us", None, 0.5), ("0.003s", None, 3.0), ("0.6", 10.0, 6.0), ("1", 4.0, 4.0)])
+def test_latency_budget_parsing(text, ref, ms):
+    from metaedge.latency import parse_latency_budget
+
+    assert parse_latency_budget(text, ref) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["fast", "0", "-2ms", "3", "2 hours"])
+def test_bad_latency_budget(text):
+    from metaedge.latency import parse_latency_budget
+
+    with pytest.raises(ValueError):
+        parse_latency_budget(text, 5.0)
+
+
+def test_latency_budget_needs_a_target():
+    from metaedge.config import PipelineConfig, merge_overrides
+    from metaedge.errors import MetaedgeError
+
+    with pytest.raises(MetaedgeError, match="--target"):
+        merge_overrides(PipelineConfig(), {"prune_latency": "2ms", "targets": ()})

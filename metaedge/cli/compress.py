@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-preset", choices=("demo", "full"), help="PruningNet/search/fine-tune effort")
     g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
-    g.add_argument("--quantizer", choices=("metaquant", "ste"))
+    g.add_argument("--quantizer", choices=("metaquant", "ste", "ptq"), help="QAT with MetaQuant (default) or STE, or post-training int8 (ptq, w8a8 only)")
     g.add_argument("--quant-preset", choices=("demo", "full"))
     g = p.add_argument_group("targets and measurement")
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
@@ -107,7 +107,7 @@ def summary_table(manifest: dict[str, Any]):
     if "quant" in stages:
         q = stages["quant"]
         cost = manifest.get("cost", {})
-        t.add_row(f"quantized w{q['weight_bits']}a{q['act_bits']} ({q['method']})", pct(q["accuracy"].get("val")), pct(q["accuracy"].get("test")), format_count(cost.get("macs", 0)), format_count(cost.get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
+        t.add_row(f"quantized w{q['weight_bits']}a{q['act_bits']} ({q['method']})", pct(q.get("accuracy", {}).get("val")), pct(q.get("accuracy", {}).get("test")), format_count(cost.get("macs", 0)), format_count(cost.get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
     final = stages.get("final", {})
     t.add_row("[bold]deployed model.onnx[/bold]", "-", pct(final.get("accuracy", {}).get("test")), format_count(manifest.get("cost", {}).get("macs", 0)), format_count(manifest.get("cost", {}).get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
     return t
@@ -117,7 +117,10 @@ def ratio_lines(manifest: dict[str, Any]) -> list[str]:
     r = manifest.get("latency_ratios", {})
     lines = []
     if r:
-        lines.append(f"baseline eager / ONNX Runtime: {r['eager_over_onnxruntime_baseline']:.2f}x   final eager / ONNX Runtime: {r['eager_over_onnxruntime']:.2f}x   baseline ORT / final ORT: {r['baseline_over_final_onnxruntime']:.2f}x")
+        line = f"baseline eager / ONNX Runtime: {r['eager_over_onnxruntime_baseline']:.2f}x   final eager / ONNX Runtime: {r['eager_over_onnxruntime']:.2f}x   baseline ORT / final ORT: {r['baseline_over_final_onnxruntime']:.2f}x"
+        if "fp32_over_int8_onnxruntime" in r:
+            line += f"   fp32 / int8 ORT: {r['fp32_over_int8_onnxruntime']:.2f}x"
+        lines.append(line)
     p = manifest.get("export", {}).get("parity")
     if p:
         lines.append(f"parity gate: max abs err {p['max_abs_err']:.2e}, top-1 agreement {p['top1_agreement']:.4f} on {p['samples']} validation images")

@@ -1,0 +1,160 @@
+"""MetaQuant training: the meta network learns through the quantized forward pass, STE switch, checkpoint + resume."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from metaedge.compress.metaquant import QuantConfig, quantize_model
+from metaedge.compress.metaquant.meta import MetaNet
+from metaedge.compress.metaquant.qat import calibrate, prepare_qat, quant_layers, train_qat
+from metaedge.data import DataSplits, make_loader
+from metaedge.errors import MetaedgeError
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 8 * 8, classes)
+
+    def forward(self, x):
+        x = self.c1(x)
+        x = torch.relu(x + self.b2(self.c2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def toy_data(n=192, classes=4, seed=0):
+    protos = torch.randn(classes, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed + 1)
+    y = torch.arange(n) % classes
+    x = protos[y] + 0.8 * torch.randn(n, 1, 8, 8, generator=g)
+    return x, y
+
+
+def splits():
+    x, y = toy_data()
+    xt, yt = toy_data(64, seed=1)
+    return DataSplits("toy", TensorDataset(x, y), TensorDataset(xt, yt), TensorDataset(xt, yt), 4, 1, 8, [0.0], [1.0])
+
+
+def prepared(bits=2, kind="symmetric"):
+    torch.manual_seed(0)
+    m = prepare_qat(Tiny().eval(), kind, bits, first_last_bits=None)
+    x, _ = toy_data()
+    calibrate(m, [x[:64]], 1)
+    return m
+
+
+def loaders():
+    d = splits()
+    return make_loader(d.train, 32, True, seed=0, drop_last=True), make_loader(d.val, 64, False)
+
+
+def test_meta_network_learns_and_loss_falls():
+    m = prepared()
+    tl, vl = loaders()
+    losses = []
+    meta = MetaNet("fc")
+    before = [p.detach().clone() for p in meta.parameters()]
+    out = train_qat(m, tl, vl, method="metaquant", meta_variant="fc", epochs=4, lr=0.05, meta_lr=1e-3, quiet=True, on_step=lambda s: losses.append(s["loss"]), meta=meta)
+    assert out["meta"] is meta
+    # Adam moved phi: the task loss reached the meta network through W_meta -> Q -> forward
+    assert any((p - q).abs().max() > 1e-6 for p, q in zip(meta.parameters(), before))
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < 0.7 * first, (first, last)
+    assert out["val_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("variant", ["multifc", "lstmfc"])
+def test_meta_gradient_reaches_phi_for_each_variant(variant):
+    m = prepared(bits=1, kind="bwn")
+    tl, vl = loaders()
+    meta = MetaNet(variant)
+    before = [p.detach().clone() for p in meta.parameters()]
+    train_qat(m, tl, vl, method="metaquant", meta_variant=variant, epochs=1, lr=0.05, meta_lr=1e-2, quiet=True, meta=meta)
+    assert any((p - q).abs().max() > 0 for p, q in zip(meta.parameters(), before)), "no gradient reached phi"
+    if variant == "lstmfc":
+        assert meta._state and all(not h.requires_grad for h, _ in meta._state.values())  # detached per-layer state
+
+
+def test_fc_grad_is_bias_free_and_starts_at_ste():
+    meta = MetaNet("fc")
+    g = torch.randn(100)
+    assert torch.allclose(meta(g, torch.randn(100)), g, atol=1e-5)
+    assert torch.equal(meta(torch.zeros(5), torch.randn(5)), torch.zeros(5))
+
+
+def test_collapsed_fc_equals_explicit_two_layer_fc():
+    meta = MetaNet("multifc")
+    with torch.no_grad():
+        for p in meta.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    g = torch.randn(50)
+    explicit = meta.net.fc2(meta.net.fc1(g.unsqueeze(1))).squeeze(1)
+    collapsed = meta.net(g)
+    assert torch.allclose(explicit, collapsed, atol=1e-6)
+    ge = torch.autograd.grad(explicit.square().sum(), list(meta.parameters()))
+    gc = torch.autograd.grad(collapsed.square().sum(), list(meta.parameters()))
+    for a, b in zip(ge, gc):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_ste_switch_has_no_meta_network_and_trains():
+    m = prepared()
+    before = {n: l.weight.detach().clone() for n, l in quant_layers(m)}
+    tl, vl = loaders()
+    out = train_qat(m, tl, vl, method="ste", meta_variant="fc", epochs=2, lr=0.05, meta_lr=1e-3, quiet=True)
+    assert out["meta"] is None
+    assert any(not torch.equal(before[n], l.weight) for n, l in quant_layers(m))
+    with pytest.raises(MetaedgeError):
+        train_qat(m, tl, vl, method="sgd", meta_variant="fc", epochs=1, lr=0.05, meta_lr=1e-3, quiet=True)
+
+
+def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
+    tl, vl = loaders()
+    kw = dict(method="metaquant", meta_variant="fc", lr=0.05, meta_lr=1e-3, quiet=True)
+    ref = prepared()
+    train_qat(ref, tl, vl, epochs=2, checkpoint=tmp_path / "a.ckpt", config={"k": 1}, **kw)
+    # "killed" at the start of epoch 2, then resumed from the checkpoint with a fresh model
+
+    class Killed(Exception):
+        pass
+
+    def kill(step):
+        if step["epoch"] == 1:
+            raise Killed
+
+    part = prepared()
+    with pytest.raises(Killed):
+        train_qat(part, tl, vl, epochs=2, checkpoint=tmp_path / "b.ckpt", config={"k": 1}, on_step=kill, **kw)
+    state = torch.load(tmp_path / "b.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and "meta" in state and state["prev_grad"]
+    resumed = prepared()
+    ckpt = tmp_path / "b.ckpt"
+    out = train_qat(resumed, tl, vl, epochs=2, checkpoint=ckpt, config={"k": 1}, **kw)
+    assert [h["epoch"] for h in out["history"]] == [1, 2]
+    for (n, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), n
+    with pytest.raises(MetaedgeError, match="other settings"):
+        train_qat(prepared(), tl, vl, epochs=2, checkpoint=ckpt, config={"k": 2}, **kw)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_quantize_model_entry_point(tmp_path):
+    d = splits()
+    torch.manual_seed(0)
+    model = Tiny()
+    snapshot = copy.deepcopy(model.state_dict())
+    cfg = QuantConfig(weight_bits=4, epochs=1, lr=0.05, batch_size=32, calib_batches=2)
+    res = quantize_model(model, d, cfg, tmp_path, quiet=True)
+    assert 0.0 <= res.val_accuracy <= 1.0 and res.seconds > 0 and res.config is cfg
+    assert (tmp_path / "qat.ckpt").exists()
+    for k, v in model.state_dict().items():  # the caller's model is untouched
+        assert torch.equal(v, snapshot[k])
+    assert len(quant_layers(res.model)) == 3
