@@ -1,0 +1,237 @@
+"""The prune stage: PruningNet training -> evolutionary search -> materialise -> fine-tune.
+
+Everything is written under ``workdir`` (PruningNet checkpoint, search log + state, fine-tune
+checkpoint, plot, summary) and a re-run resumes from whatever a killed run left there.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from metaedge.artifacts import atomic_write_json
+from metaedge.compress.cost import LayerSpec, count_cost
+from metaedge.compress.graph import analyze_channels
+from metaedge.compress.metapruning.dist import barrier, dist_info
+from metaedge.compress.metapruning.materialize import materialize, recalibrate_bn
+from metaedge.compress.metapruning.plot import plot_search
+from metaedge.compress.metapruning.pruningnet import PruningNet
+from metaedge.compress.metapruning.search import SearchConfig, evolutionary_search
+from metaedge.compress.metapruning.space import DEFAULT_CHOICES, Pricer, WidthSpace
+from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, score_candidate, train_pruningnet
+from metaedge.compress.train import TrainConfig, evaluate, fit
+from metaedge.data import DataSplits, make_loader
+from metaedge.errors import MetaedgeError
+
+__all__ = ["PRESETS", "PruneConfig", "PruneResult", "parse_budget", "prune_model"]
+
+BudgetFn = Callable[[list[LayerSpec]], float]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    budget_kind: str = "macs"  # "macs" | "params" | "latency" (latency needs budget_fn)
+    budget: float | None = None  # absolute (MACs, params, or the budget_fn's unit); None: half the unpruned cost
+    choices: tuple[float, ...] = DEFAULT_CHOICES
+    channel_multiple: int = 8
+    # PruningNet
+    pruningnet_epochs: int = 3
+    pruningnet_lr: float = 0.02  # low: the generators start as the trained weights
+    hidden: int = 8  # generator hidden size (paper: 32/64)
+    init_from_model: bool = True  # generator bias = the given (trained) weights
+    batch_size: int = 64
+    # search
+    population: int = 50
+    generations: int = 20
+    parents: int = 10
+    mutation_prob: float = 0.1
+    recalib_batches: int = 20
+    # fine-tune
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.02
+    init_choice: bool = True  # fine-tune from the better of generated / inherited weights (else generated)
+    distill: float = 0.5  # KD weight from the unpruned model (PruningNet training and fine-tune); 0: off
+    seed: int = 0  # search and fine-tune
+    pruningnet_seed: int = 0  # apart, so runs with several seeds can share one trained PruningNet
+
+    def __post_init__(self) -> None:
+        if self.budget_kind not in ("macs", "params", "latency"):
+            raise MetaedgeError(f"unknown prune budget kind {self.budget_kind!r}", "use macs, params or latency")
+        if self.budget is not None and not self.budget > 0:
+            raise MetaedgeError(f"prune budget must be positive, got {self.budget}", "pass e.g. --prune-macs 0.5 or 20M")
+        if not self.choices or any(not 0 < c <= 1 for c in self.choices):
+            raise MetaedgeError(f"width choices must lie in (0, 1], got {self.choices}", "use ratios such as 0.1 .. 1.0")
+        if self.channel_multiple < 1 or self.population < 1 or self.parents < 1 or self.generations < 0:
+            raise MetaedgeError("bad prune search settings", "use channel_multiple, population, parents >= 1 and generations >= 0")
+        if not 0 <= self.mutation_prob <= 1 or not 0 <= self.distill < 1:
+            raise MetaedgeError("mutation_prob must lie in [0, 1] and distill in [0, 1)", "fix the prune preset")
+
+
+PRESETS: dict[str, PruneConfig] = {
+    # CPU demo: the whole stage on MobileNetV2 / digits 16x16 in about 2 minutes.
+    "demo": PruneConfig(pruningnet_epochs=3, hidden=8, population=12, generations=3, parents=4, recalib_batches=4, finetune_epochs=4),
+    # Paper-like: population 50, 20 generations, top-10 parents, 31 width choices, ~100 recalibration batches.
+    "full": PruneConfig(pruningnet_epochs=32, hidden=32, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05),
+}
+
+_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def parse_budget(text: str, reference: float) -> float:
+    """"0.5" -> half of ``reference``; "20M" / "1.5G" / "300K" / "1500000" -> absolute."""
+    s = str(text).strip().upper().replace("_", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:E[-+]?[0-9]+)?)\s*([KMG]?)", s)
+    if not m:
+        raise MetaedgeError(f"cannot read the prune budget {text!r}", "write a fraction of the unpruned model (0.5) or an absolute count (20M, 1.5G, 300K)")
+    value = float(m.group(1))
+    if value <= 0:
+        raise MetaedgeError(f"prune budget must be positive, got {text!r}", "write a fraction in (0, 1] (0.5) or an absolute count (20M)")
+    if m.group(2):
+        return value * _SUFFIX[m.group(2)]
+    if value <= 1.0:
+        return value * reference
+    return value
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    widths: dict[str, int]
+    macs: int
+    params: int
+    base_macs: int
+    base_params: int
+    val_accuracy: float
+    search_log: Path
+    plot: Path | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    budget: float = 0.0
+    search_accuracy: float = 0.0  # the winner's score with generated weights, before fine-tune
+    init: str = "generated"  # which weights the fine-tune started from
+    start_accuracy: dict[str, float] = field(default_factory=dict)  # val top-1 of each start, before fine-tune
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "model"}
+        d["search_log"] = str(self.search_log)
+        d["plot"] = str(self.plot) if self.plot else None
+        return d
+
+
+def _signature(analysis) -> dict:
+    return {g: [grp.size, grp.prunable] for g, grp in analysis.groups.items()}
+
+
+def prune_model(
+    model: nn.Module,
+    data: DataSplits,
+    cfg: PruneConfig = PRESETS["demo"],
+    workdir: Path | str = Path("metaedge-out/prune"),
+    budget_fn: BudgetFn | None = None,
+    quiet: bool = False,
+) -> PruneResult:
+    """Prune ``model`` (taken as trained) to ``cfg.budget`` with MetaPruning; returns the fine-tuned small model."""
+    workdir = Path(workdir)
+    info = dist_info()
+    if info.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    seconds: dict[str, float] = {}
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it was
+    example = data.train.tensors[0][:1]
+    input_shape = (1, *example.shape[1:])
+    analysis = analyze_channels(model, example)
+    space = WidthSpace(analysis, cfg.choices, cfg.channel_multiple)
+    if len(space) == 0:
+        raise MetaedgeError("the model has no prunable channel group", "check the warning above for the patterns that fixed its channels, or skip pruning")
+    pricer = Pricer(model, analysis, input_shape)
+    if cfg.budget_kind == "latency" and budget_fn is None:
+        raise MetaedgeError("a latency budget needs a latency model", "pass a target with a latency table, or use a MACs budget")
+    cost_fn: Callable[[dict[str, int]], float] = {
+        "macs": lambda w: float(pricer.macs(w)),
+        "params": lambda w: float(pricer.params(w)),
+        "latency": lambda w: float(budget_fn(pricer.specs(w))),  # type: ignore[misc]
+    }[cfg.budget_kind]
+    base_cost = cost_fn({})
+    budget = cfg.budget if cfg.budget is not None else 0.5 * base_cost
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    # 1. PruningNet
+    t = time.perf_counter()
+    pn = PruningNet(model, analysis, hidden=cfg.hidden, init_from_model=cfg.init_from_model).to(device)
+    teacher = copy.deepcopy(model).to(device).eval() if cfg.distill > 0 else None
+    pn_cfg = PNTrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed)
+    pn_ckpt = workdir / "pruningnet.pt"
+    search_log = workdir / "search.jsonl"
+    sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden}
+    finished = False
+    if pn_ckpt.exists():
+        finished = int(torch.load(pn_ckpt, map_location="cpu", weights_only=True).get("epoch", 0)) >= cfg.pruningnet_epochs
+    if not finished and info.is_main:
+        for stale in (search_log, search_log.with_name("search_state.json"), *workdir.glob("finetune*.pt")):
+            stale.unlink(missing_ok=True)  # scores of an older PruningNet are meaningless
+    barrier(info)
+    train_pruningnet(pn, space, data.train, pn_cfg, pn_ckpt, teacher=teacher, info=info, quiet=quiet, signature=sig)
+    seconds["pruningnet"] = round(time.perf_counter() - t, 2)
+
+    # 2. search
+    t = time.perf_counter()
+    recalib = recalib_batches(data.train, cfg.batch_size, cfg.recalib_batches, cfg.seed, info)
+    describe = lambda w: {"macs": pricer.macs(w), "params": pricer.params(w)}  # noqa: E731
+    scfg = SearchConfig(population=cfg.population, generations=cfg.generations, parents=cfg.parents, mutation_prob=cfg.mutation_prob, seed=cfg.seed)
+    from metaedge.compress.train import progress
+
+    with progress(quiet or not info.is_main) as bar:
+        task = bar.add_task("search", total=cfg.generations, info="")
+
+        def on_gen(gen: int, records: list[dict]) -> None:
+            best = max(r["accuracy"] for r in records) if records else float("nan")
+            bar.update(task, advance=1, info=f"{len(records)} candidates, best {best:.3f}")
+
+        res = evolutionary_search(space, cost_fn, budget, lambda w: score_candidate(pn, w, recalib, data.val, info),
+                                  search_log, scfg, describe=describe, write=info.is_main, on_generation=on_gen)
+    seconds["search"] = round(time.perf_counter() - t, 2)
+
+    # 3. materialise the winner with its generated weights, then fine-tune
+    t = time.perf_counter()
+    pn.set_widths(res.widths)
+    pn.recalibrate([x.to(device) for x in recalib])
+    full = copy.deepcopy(model)
+    full.load_state_dict(pn.full_state_dict(model))
+    generated = materialize(full, analysis, analysis.crop_keep(res.widths))
+    del pn
+    # Fine-tune from whichever start scores better on val after BN recalibration: the generated
+    # weights (MetaPruning) or the given model's own first-k channels. With a short PruningNet
+    # training the inherited weights are sometimes the better start; the structure is the search's.
+    inherited = recalibrate_bn(materialize(model, analysis, analysis.crop_keep(res.widths)), recalib)
+    val_loader = make_loader(data.val, 256, shuffle=False)
+    starts = {"generated": evaluate(generated, val_loader), "inherited": evaluate(inherited, val_loader)}
+    init = "generated" if starts["generated"] >= starts["inherited"] or not cfg.init_choice else "inherited"
+    small = generated if init == "generated" else inherited
+    ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, distill_alpha=cfg.distill, seed=cfg.seed)
+    train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if cfg.finetune_epochs > 0:
+        # one checkpoint per winning structure: a re-run with another budget must not load this one
+        tag = hashlib.sha1(json.dumps(res.widths, sort_keys=True).encode()).hexdigest()[:10]
+        fit(small, train_loader, val_loader, ft, checkpoint=workdir / f"finetune-{tag}.pt" if info.is_main else None,
+            teacher=teacher.cpu() if teacher is not None else None, desc="fine-tune", quiet=quiet or not info.is_main)
+    small.eval()
+    val_acc = evaluate(small, val_loader)
+    seconds["finetune"] = round(time.perf_counter() - t, 2)
+    cost = count_cost(small, input_shape)
+    plot = None
+    if info.is_main:
+        chosen = next(r for r in res.records if tuple(r["genes"]) == res.genes)
+        plot = plot_search(res.records, chosen, workdir / "search.png", budget if cfg.budget_kind == "macs" else None)
+    result = PruneResult(small, res.widths, cost.macs, cost.params, pricer.base_macs, pricer.base_params, val_acc,
+                         search_log, plot, seconds, budget, res.accuracy, init, starts)
+    if info.is_main:
+        atomic_write_json(workdir / "prune_result.json", result.summary())
+    return result

@@ -1,0 +1,141 @@
+"""The search space: one gene per prunable channel group, and fast analytic pricing of a width vector.
+
+Widths are ratios of the full width rounded to a channel multiple (default 8): measured on ONNX
+Runtime, a MobileNetV2 cut to 50% MACs with odd channel counts ran *slower* than the unpruned
+model, rounded to multiples of 8 it ran 1.9x faster. Duplicate widths after rounding are
+dropped, so every gene value is a distinct architecture.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from typing import Sequence
+
+import torch.nn as nn
+
+from metaedge.compress.cost import LayerSpec, count_params, layer_specs
+from metaedge.compress.graph import GraphAnalysis
+
+__all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "round_width"]
+
+DEFAULT_CHOICES: tuple[float, ...] = tuple(round(0.10 + 0.03 * i, 2) for i in range(31))  # paper: 0.10 .. 1.00
+
+
+def round_width(ratio: float, size: int, multiple: int = 8, chunks: int = 1) -> int:
+    """``ratio * size`` rounded to a multiple of ``multiple`` (and of the group's grouped-conv blocks),
+    never below one multiple, never above ``size``."""
+    m = math.lcm(max(1, multiple), chunks)
+    if size <= m:
+        return size
+    w = int(round(ratio * size / m)) * m
+    w = max(m, w)
+    return size if w >= size else w
+
+
+class WidthSpace:
+    def __init__(self, analysis: GraphAnalysis, choices: Sequence[float] = DEFAULT_CHOICES, multiple: int = 8) -> None:
+        self.analysis = analysis
+        self.choices = tuple(sorted(set(float(c) for c in choices)))
+        self.multiple = multiple
+        self.groups: list[str] = []
+        self.options: list[list[int]] = []  # per gene: the distinct widths, ascending
+        for name in analysis.prunable:
+            grp = analysis.groups[name]
+            opts = sorted({round_width(c, grp.size, multiple, grp.chunks) for c in self.choices})
+            if len(opts) > 1 or opts[0] != grp.size:
+                self.groups.append(name)
+                self.options.append(opts)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def widths(self, genes: Sequence[int]) -> dict[str, int]:
+        return {g: opts[i] for g, opts, i in zip(self.groups, self.options, genes)}
+
+    def full(self) -> tuple[int, ...]:
+        return tuple(len(o) - 1 for o in self.options)
+
+    def smallest(self) -> tuple[int, ...]:
+        return tuple(0 for _ in self.options)
+
+    def uniform(self, ratio: float) -> dict[str, int]:
+        """Every prunable group at the same ratio (the width-multiplier baseline)."""
+        out = {}
+        for g in self.groups:
+            grp = self.analysis.groups[g]
+            out[g] = round_width(ratio, grp.size, self.multiple, grp.chunks)
+        return out
+
+    def sample(self, rng: random.Random) -> tuple[int, ...]:
+        """A random gene vector. A random cap first, then each gene uniform below it: plain uniform
+        genes almost never reach small budgets (MACs scale with the product of two widths)."""
+        cap = rng.random()
+        return tuple(rng.randrange(max(1, math.ceil(cap * len(o)))) for o in self.options)
+
+    def ratios(self, widths: dict[str, int]) -> dict[str, float]:
+        return {g: widths.get(g, grp.size) / grp.size for g, grp in self.analysis.groups.items()}
+
+
+_PARAM_KINDS = ("conv", "linear", "bn")
+
+
+class Pricer:
+    """Prices a width vector without building the network: the full model's layer specs with the
+    channel counts replaced (so a per-layer latency table can price it too)."""
+
+    def __init__(self, model: nn.Module, analysis: GraphAnalysis, input_shape: Sequence[int]) -> None:
+        self.analysis = analysis
+        self.base_specs = layer_specs(model, input_shape)
+        self.base_params = count_params(model)
+        self.base_macs = sum(s.macs for s in self.base_specs)
+        mods = dict(model.named_modules())
+        self._full_layer_params = 0
+        self._layer_bias: dict[str, bool] = {}
+        for name, info in analysis.layers.items():
+            if info.kind in _PARAM_KINDS:
+                self._full_layer_params += sum(p.numel() for p in mods[name].parameters(recurse=False))
+                m = mods[name]
+                self._layer_bias[name] = getattr(m, "bias", None) is not None if info.kind != "bn" else m.affine
+        self._kernels = {name: tuple(m.kernel_size) for name, m in mods.items() if isinstance(m, nn.Conv2d)}
+
+    def specs(self, widths: dict[str, int]) -> list[LayerSpec]:
+        a = self.analysis
+        out = []
+        for s in self.base_specs:
+            info = a.layers.get(s.name)
+            if info is None:
+                out.append(s)
+                continue
+            cin = a.layout_size(info.in_layout, widths) if info.in_layout else s.in_channels
+            cout = a.layout_size(info.out_layout, widths) if info.out_layout else s.out_channels
+            if s.kind == "linear":
+                out.append(replace(s, in_channels=cin, out_channels=cout))
+            elif s.kind == "conv":
+                groups = cout if info.depthwise else s.groups
+                out.append(replace(s, in_channels=cin, out_channels=cout, groups=groups))
+            else:
+                out.append(replace(s, in_channels=cout, out_channels=cout))
+        return out
+
+    def macs(self, widths: dict[str, int]) -> int:
+        return sum(s.macs for s in self.specs(widths))
+
+    def params(self, widths: dict[str, int]) -> int:
+        a, total = self.analysis, self.base_params - self._full_layer_params
+        for name, info in a.layers.items():
+            if info.kind not in _PARAM_KINDS:
+                continue
+            cout = a.layout_size(info.out_layout, widths)
+            if info.kind == "bn":
+                total += 2 * cout if self._layer_bias[name] else 0
+                continue
+            cin = a.layout_size(info.in_layout, widths)
+            if info.kind == "linear":
+                total += cin * cout
+            else:
+                kh, kw = self._kernels[name]
+                groups = cout if info.depthwise else info.conv_groups
+                total += cout * (cin // groups) * kh * kw
+            total += cout if self._layer_bias[name] else 0
+        return total
