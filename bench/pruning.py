@@ -12,7 +12,7 @@ the test split; each result is exported to ONNX and timed in ONNX Runtime with o
 
 Run:  python bench/pruning.py --quick      (1 seed, short schedules)
       python bench/pruning.py               (3 seeds)
-Writes metaedge-out/bench/pruning/results.json and results.md (and resumes from results.json).
+Writes bench-out/pruning/results.json and results.md (and resumes from results.json).
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     ap.add_argument("--methods", default="metapruning,uniform,l1,tp_l1,random")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--out", default="metaedge-out/bench/pruning")  # git-ignored: holds checkpoints
+    ap.add_argument("--out", default="bench-out/pruning")  # git-ignored: holds checkpoints
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SCHEMA_VERSION = 1
 
 
@@ -44,6 +46,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are shared like any written file
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
