@@ -133,7 +133,7 @@ def compiled_table(manifest: dict[str, Any]):
     compiled = manifest.get("compiled") or {}
     if not compiled:
         return None
-    t = Table(title="targets: latency p50 (ms) per backend; ratio = eager / backend")
+    t = Table(title="targets: latency p50 (ms) per backend; vs eager = local PyTorch eager / backend (local only)")
     for col in ("target", "backend", "where", "p50 ms", "vs eager", "parity max err", "artifact"):
         t.add_column(col)
     eager = manifest.get("latency", {}).get("torch_eager", {}).get("p50_ms")
@@ -147,7 +147,7 @@ def compiled_table(manifest: dict[str, Any]):
             parity = (entry.get("parity") or {}).get("max_abs_err")
             mark = " *" if backend == chosen else ""
             where = entry.get("measured_on") or f"{entry.get('status', '-')}: {str(entry.get('reason', ''))[:60]}"
-            t.add_row(target, backend + mark, str(where), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager) else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", "-")))
+            t.add_row(target, backend + mark, str(where), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager and entry.get("measured_on") == "local") else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", "-")))
     return t
 
 
