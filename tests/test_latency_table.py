@@ -4,7 +4,6 @@ make_latency_fn builds the search's budget function from a real model's LayerSpe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,20 +14,7 @@ from metaedge.targets.latency_table import LatencyTable, layer_onnx, make_latenc
 FAST = TimingConfig(warmup=2, repeats=10)
 
 
-@dataclass(frozen=True)
-class Spec:
-    """Same fields as metaedge.compress.cost.LayerSpec (the table only reads these)."""
-
-    kind: str
-    in_channels: int
-    out_channels: int
-    kernel: tuple[int, int] = (1, 1)
-    stride: tuple[int, int] = (1, 1)
-    groups: int = 1
-    in_hw: tuple[int, int] = (1, 1)
-    out_hw: tuple[int, int] = (1, 1)
-    bias: bool = False
-    name: str = ""
+from metaedge.compress.cost import LayerSpec as Spec  # noqa: E402
 
 
 SPECS = [

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from metaedge.artifacts import atomic_path
 from metaedge.errors import MetaedgeError
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "fit", "load_checkpoint", "progress"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "fit", "kd_loss", "load_checkpoint", "progress"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,12 @@ def evaluate(model: nn.Module, loader: DataLoader, channels_last: bool = False) 
         total += len(y)
     model.train(was)
     return correct / max(total, 1)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: KL between softened distributions, scaled by T^2."""
+    T = temperature
+    return F.kl_div(F.log_softmax(student_logits / T, 1), F.softmax(teacher_logits / T, 1), reduction="batchmean") * T * T
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -150,9 +156,7 @@ def fit(
                 if teacher is not None and cfg.distill_alpha > 0:
                     with torch.no_grad():
                         t_out = teacher(x)
-                    T = cfg.distill_temperature
-                    kd = F.kl_div(F.log_softmax(out / T, 1), F.softmax(t_out / T, 1), reduction="batchmean") * T * T
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd_loss(out, t_out, cfg.distill_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -20,7 +20,7 @@ from metaedge.artifacts import atomic_path
 from metaedge.compress.metapruning.dist import DistInfo, all_reduce_sum, barrier
 from metaedge.compress.metapruning.pruningnet import PruningNet
 from metaedge.compress.metapruning.space import WidthSpace
-from metaedge.compress.train import load_checkpoint, progress
+from metaedge.compress.train import kd_loss, load_checkpoint, progress
 from metaedge.errors import MetaedgeError
 
 __all__ = ["PNTrainConfig", "train_pruningnet", "score_candidate", "recalib_batches"]
@@ -116,9 +116,7 @@ def train_pruningnet(
                 if teacher is not None and cfg.distill_alpha > 0:
                     with torch.no_grad():
                         t_out = teacher(x)
-                    T = cfg.distill_temperature
-                    kd = F.kl_div(F.log_softmax(out / T, 1), F.softmax(t_out / T, 1), reduction="batchmean") * T * T
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd_loss(out, t_out, cfg.distill_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
