@@ -109,8 +109,6 @@ def train_pruningnet(
                     group["lr"] = lr
                 pn.set_widths(space.widths(space.sample(_step_rng(cfg.seed, step))))
                 x, y = x.to(device), y.to(device)
-                if x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)  # up to 1.5x faster for MobileNets on CPU
                 out = net(x)
                 loss = criterion(out, y)
                 if teacher is not None and cfg.distill_alpha > 0:
