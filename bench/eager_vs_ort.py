@@ -8,7 +8,6 @@ measured side by side. Prints a table (and writes bench/results/eager_vs_ort.jso
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 

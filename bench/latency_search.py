@@ -14,7 +14,6 @@ which met the budget and at what accuracy. Prints a table, writes bench/results/
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import replace

@@ -7,7 +7,6 @@ checkpoints under the cache directory when the same command is run again.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import platform

@@ -143,3 +143,35 @@ def make_tiny_artifact(out: Path, channels: int = 3, hw: int = 16, num_classes: 
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def ort_reference(artifact: Path, x):
+    """ONNX Runtime on the host: what every runner answer is compared with."""
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+def npy_bytes(x) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+def post(url: str, data: bytes, ctype: str | None, timeout: float = 30) -> tuple[int, dict]:
+    """POST and return (status, JSON body), HTTP errors included."""
+    import urllib.error
+
+    req = urllib.request.Request(url, data=data, method="POST")
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

@@ -7,7 +7,6 @@ image pays ~1-3 min of emulated apt/pip; warm, both builds are cache hits.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _docker import base_image, docker, docker_client, docker_env, free_port, make_tiny_artifact, wait_http
+from _docker import base_image, docker, docker_client, docker_env, free_port, make_tiny_artifact, npy_bytes, ort_reference, post, wait_http
 
 from metaedge.deploy.bundle import BundleConfig, build_bundle, write_bundle
 
@@ -31,26 +30,6 @@ HOST_CA_CERTS = tuple(Path(p) for p in sorted(glob.glob("/usr/local/share/ca-cer
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
     return make_tiny_artifact(tmp_path_factory.mktemp("dockerrt") / "art")
-
-
-def _reference(artifact: Path, x: np.ndarray) -> np.ndarray:
-    sess = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
-
-def _npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _post(url: str, data: bytes, ctype: str) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": ctype})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 # onnxruntime >= 1.2x's aarch64 wheel (1.32.0 checked) segfaults while importing under Debian 12's
@@ -76,14 +55,14 @@ def test_x86_bundle_serves_same_logits_as_host(artifact, tmp_path):
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz", timeout=60)
         x = np.random.default_rng(7).standard_normal((3, 3, 16, 16)).astype(np.float32)
-        want = _reference(artifact, x)
-        status, body = _post(url + "/infer", _npy(x), "application/x-npy")
+        want = ort_reference(artifact, x)
+        status, body = post(url + "/infer", npy_bytes(x), "application/x-npy")
         assert status == 200, body
         np.testing.assert_allclose(np.array(body["logits"]), want, rtol=1e-5, atol=1e-5)
         assert body["top1"] == np.argmax(want, 1).tolist()
-        status, body = _post(url + "/infer", json.dumps({"input": x[0].tolist()}).encode(), "application/json")
+        status, body = post(url + "/infer", json.dumps({"input": x[0].tolist()}).encode(), "application/json")
         assert status == 200 and body["top1"] == [int(np.argmax(want[0]))]
-        status, body = _post(url + "/infer", _npy(x.astype(np.float64)), "application/x-npy")
+        status, body = post(url + "/infer", npy_bytes(x.astype(np.float64)), "application/x-npy")
         assert status == 400 and "float32" in body["error"]
         with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
             metrics = json.loads(resp.read())
@@ -124,7 +103,7 @@ def test_arm64_bundle_runs_under_qemu(artifact, tmp_path):
                      f"({(logs.stderr + logs.stdout).strip().splitlines()[-1]}); the image itself built for arm64")
     assert waited.stdout.strip() == "0", logs.stdout + logs.stderr
     out = json.loads(logs.stdout.strip().splitlines()[-1])
-    want = _reference(artifact, x)
+    want = ort_reference(artifact, x)
     # Different CPU kernels (NEON vs AVX): close, not bit-identical.
     np.testing.assert_allclose(np.array(out["logits"]), want, rtol=1e-4, atol=1e-4)
     assert out["top1"] == np.argmax(want, 1).tolist()

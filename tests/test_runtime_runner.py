@@ -1,19 +1,17 @@
 """Device runtime (metaedge.deploy.runtime) without Docker: loading, validation, CLI, HTTP server."""
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import threading
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _docker import REPO, make_tiny_artifact
+from _docker import REPO, make_tiny_artifact, npy_bytes, ort_reference, post
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -26,17 +24,6 @@ def artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gray_artifact(tmp_path_factory) -> Path:
     return make_tiny_artifact(tmp_path_factory.mktemp("gray") / "out", channels=1, hw=12, num_classes=3)
-
-
-def _ort(artifact: Path, x: np.ndarray) -> np.ndarray:
-    sess = onnxruntime.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
-
-def _npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- torch-free import
@@ -75,7 +62,7 @@ def test_load_and_parity_with_onnxruntime(artifact):
     assert m.backend == "onnxruntime" and m.spec.input_shape == (1, 3, 16, 16)
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     logits, ms = m.infer(m.spec.validate(x))
-    np.testing.assert_allclose(logits, _ort(artifact, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, ort_reference(artifact, x), rtol=1e-5, atol=1e-6)
     assert ms > 0
 
 
@@ -150,8 +137,8 @@ def test_cli_run_npy_and_image(artifact, tmp_path):
     r = _cli("run", "--artifact", str(artifact), "--json", str(tmp_path / "x.npy"), str(tmp_path / "x.png"))
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
-    np.testing.assert_allclose(np.array(lines[0]["logits"]), _ort(artifact, x), rtol=1e-5, atol=1e-6)
-    assert lines[0]["top1"] == np.argmax(_ort(artifact, x), 1).tolist()
+    np.testing.assert_allclose(np.array(lines[0]["logits"]), ort_reference(artifact, x), rtol=1e-5, atol=1e-6)
+    assert lines[0]["top1"] == np.argmax(ort_reference(artifact, x), 1).tolist()
     assert len(lines[1]["top1"]) == 1
 
 
@@ -178,25 +165,14 @@ def server(artifact):
     srv.server_close()
 
 
-def _post(url: str, data: bytes, ctype: str | None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=data, method="POST")
-    if ctype:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def test_http_infer_json_and_npy(server, artifact):
     x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
-    want = _ort(artifact, x)
-    status, body = _post(server.url + "/infer", json.dumps({"input": x.tolist()}).encode(), "application/json")
+    want = ort_reference(artifact, x)
+    status, body = post(server.url + "/infer", json.dumps({"input": x.tolist()}).encode(), "application/json")
     assert status == 200, body
     np.testing.assert_allclose(np.array(body["logits"]), want, rtol=1e-5, atol=1e-5)
     assert body["top1"] == np.argmax(want, 1).tolist() and body["shape"] == [3, 5]
-    status, body = _post(server.url + "/infer", _npy(x), "application/x-npy")
+    status, body = post(server.url + "/infer", npy_bytes(x), "application/x-npy")
     assert status == 200, body
     np.testing.assert_allclose(np.array(body["logits"]), want, rtol=1e-5, atol=1e-6)
 
@@ -217,8 +193,8 @@ def test_http_infer_json_and_npy(server, artifact):
 )
 def test_http_bad_input_is_400(server, data, ctype, message):
     if data is None:
-        data = _npy(np.zeros((1, 3, 16, 16), np.float64))
-    status, body = _post(server.url + "/infer", data, ctype)
+        data = npy_bytes(np.zeros((1, 3, 16, 16), np.float64))
+    status, body = post(server.url + "/infer", data, ctype)
     assert status in (400, 415), body
     assert message in body["error"]
 
@@ -227,14 +203,14 @@ def test_http_health_metrics_and_survival(server):
     with urllib.request.urlopen(server.url + "/healthz", timeout=5) as resp:
         health = json.loads(resp.read())
     assert health["status"] == "ok" and health["backend"] == "onnxruntime" and health["input_shape"] == [1, 3, 16, 16]
-    _post(server.url + "/infer", b"junk", "application/x-npy")
-    status, _ = _post(server.url + "/infer", _npy(np.zeros((1, 3, 16, 16), np.float32)), "application/x-npy")
+    post(server.url + "/infer", b"junk", "application/x-npy")
+    status, _ = post(server.url + "/infer", npy_bytes(np.zeros((1, 3, 16, 16), np.float32)), "application/x-npy")
     assert status == 200  # still serving after bad requests
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
         metrics = json.loads(resp.read())
     assert metrics["ok"] >= 1 and metrics["client_errors"] >= 1 and metrics["server_errors"] == 0
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(metrics["inference_ms"])
-    status, body = _post(server.url + "/nope", b"", "application/json")
+    status, body = post(server.url + "/nope", b"", "application/json")
     assert status == 404
 
 
@@ -243,10 +219,10 @@ def test_http_concurrent_requests(server, artifact):
 
     xs = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32) for i in range(16)]
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda x: _post(server.url + "/infer", _npy(x), "application/x-npy"), xs))
+        results = list(pool.map(lambda x: post(server.url + "/infer", npy_bytes(x), "application/x-npy"), xs))
     for x, (status, body) in zip(xs, results):
         assert status == 200
-        np.testing.assert_allclose(np.array(body["logits"]), _ort(artifact, x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.array(body["logits"]), ort_reference(artifact, x), rtol=1e-5, atol=1e-6)
 
 
 def test_cli_serve_subprocess(artifact):
@@ -257,7 +233,7 @@ def test_cli_serve_subprocess(artifact):
         line = p.stdout.readline()
         assert "serving tinycnn (onnxruntime) on http://127.0.0.1:" in line, line + p.stderr.read()
         url = line.strip().rsplit(" ", 1)[1]
-        status, body = _post(url + "/infer", _npy(np.zeros((3, 16, 16), np.float32)), "application/x-npy")
+        status, body = post(url + "/infer", npy_bytes(np.zeros((3, 16, 16), np.float32)), "application/x-npy")
         assert status == 200 and len(body["top1"]) == 1
     finally:
         p.terminate()

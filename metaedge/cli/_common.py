@@ -6,7 +6,7 @@ from pathlib import Path
 
 from metaedge.errors import MetaedgeError
 
-__all__ = ["existing_file", "positive_int", "console", "load_model_arg"]
+__all__ = ["check_onnx_file", "console", "existing_file", "positive_int"]
 
 
 def positive_int(text: str) -> int:

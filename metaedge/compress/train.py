@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from metaedge.artifacts import atomic_path
 from metaedge.errors import MetaedgeError
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "fit", "kd_loss", "load_checkpoint", "progress"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "fit", "kd_loss", "load_checkpoint", "make_sgd", "progress", "resume_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,29 @@ def load_checkpoint(path: Path) -> dict:
         raise MetaedgeError(f"checkpoint {path} is unreadable ({type(exc).__name__})", f"delete {path} to start this stage afresh") from exc
 
 
+def make_sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """Nesterov SGD without weight decay on BN parameters and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=True)
+
+
+def resume_checkpoint(checkpoint: Path | None, config: dict, model: nn.Module, opt: torch.optim.Optimizer, what: str) -> tuple[int, list[dict]]:
+    """Restore model and optimizer from ``checkpoint`` if it exists; (epochs done, history).
+
+    A checkpoint written with other settings is refused rather than silently mixed in."""
+    if checkpoint is None or not checkpoint.exists():
+        return 0, []
+    state = load_checkpoint(checkpoint)
+    if state.get("config") != config:
+        raise MetaedgeError(f"checkpoint {checkpoint} was written with other {what} settings", f"delete {checkpoint} or run with the settings it was made with")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), list(state["history"])
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -118,24 +141,10 @@ def fit(
     torch.manual_seed(cfg.seed)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on BN and biases
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-    )
+    opt = make_sgd(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
-    start_epoch, history = 0, []
-    if checkpoint is not None and resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("config") != asdict(cfg):
-            raise MetaedgeError(f"checkpoint {checkpoint} was written with other training settings", f"delete {checkpoint} or run with the settings it was made with")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = resume_checkpoint(checkpoint if resume else None, asdict(cfg), model, opt, "training")
     if teacher is not None:
         teacher.eval()
     criterion = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

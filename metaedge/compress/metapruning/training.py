@@ -20,8 +20,7 @@ from metaedge.artifacts import atomic_path
 from metaedge.compress.metapruning.dist import DistInfo, all_reduce_sum, barrier
 from metaedge.compress.metapruning.pruningnet import PruningNet
 from metaedge.compress.metapruning.space import WidthSpace
-from metaedge.compress.train import kd_loss, load_checkpoint, progress
-from metaedge.errors import MetaedgeError
+from metaedge.compress.train import kd_loss, make_sgd, progress, resume_checkpoint
 
 __all__ = ["PNTrainConfig", "train_pruningnet", "score_candidate", "recalib_batches"]
 
@@ -60,19 +59,8 @@ def train_pruningnet(
 
     device = next(pn.parameters()).device
     config = {**asdict(cfg), "signature": signature or {}}
-    params = list(pn.parameters())
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    start, history = 0, []
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("config") != config:
-            raise MetaedgeError(f"PruningNet checkpoint {checkpoint} was written with other settings or another model", f"delete {checkpoint} (or the prune work directory) to start afresh")
-        pn.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(state["epoch"]), list(state["history"])
+    opt = make_sgd(pn.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    start, history = resume_checkpoint(checkpoint, config, pn, opt, "PruningNet (or model)")
     if start >= cfg.epochs:
         return history
     if info.enabled:

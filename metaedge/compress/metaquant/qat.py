@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
