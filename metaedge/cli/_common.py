@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TextIO
 
 from metaedge.errors import MetaedgeError
 
-__all__ = ["check_onnx_file", "console", "existing_file", "positive_int"]
+__all__ = ["NON_TERMINAL_WIDTH", "check_onnx_file", "console", "existing_file", "positive_int"]
+
+# Table width when stdout is not a terminal: wide enough for the widest table the CLI prints.
+NON_TERMINAL_WIDTH = 200
 
 
 def positive_int(text: str) -> int:
@@ -26,13 +31,20 @@ def existing_file(text: str) -> Path:
     return path
 
 
-def console():
+def console(file: TextIO | None = None):
+    """The one rich console every command prints through.
+
+    On a terminal rich wraps to its width, as users expect. Piped or redirected (``| tee log``,
+    ``> file``, CI) rich would fall back to 80 columns and split result lines mid-sentence, which
+    breaks grep and log parsers; there, text lines are never wrapped (``soft_wrap``) and tables get a
+    fixed, wide width so their rules stay intact.
+    """
     from rich.console import Console
 
-    import shutil
-
-    # Logs and CI are not terminals: rich would wrap tables at 80 columns there.
-    return Console(highlight=False, width=max(shutil.get_terminal_size((140, 40)).columns, 140))
+    stream = file if file is not None else sys.stdout
+    if stream.isatty():
+        return Console(file=stream, highlight=False)
+    return Console(file=stream, highlight=False, soft_wrap=True, width=NON_TERMINAL_WIDTH)
 
 
 def check_onnx_file(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from metaedge.cli._common import console
 from metaedge.deploy.bundle.targets import BUNDLE_TARGETS
 
 __all__ = ["add_parser", "run"]
@@ -35,8 +36,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from metaedge.deploy.bundle import BundleConfig, build_bundle, write_bundle
 
     out = args.out or args.artifact.with_name(f"{args.artifact.name}-bundle-{args.target}")
@@ -44,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, artifact=args.artifact, out=out, backend=args.backend, base_image=args.base_image,
         tag=args.tag, threads=args.threads, force=args.force, ca_certs=tuple(args.ca_cert), pins=tuple(args.pin),
     ))
-    console = Console()
-    console.print(f"[bold]bundle[/bold] {bundle.root}  target={bundle.target.name} ({bundle.target.platform}) "
+    con = console()
+    con.print(f"[bold]bundle[/bold] {bundle.root}  target={bundle.target.name} ({bundle.target.platform}) "
                   f"backend={bundle.backend} image={bundle.image}")
-    console.print(f"  build: {bundle.commands['build']}", highlight=False, soft_wrap=True)
-    console.print(f"  run:   {bundle.commands['run']}", highlight=False, soft_wrap=True)
+    con.print(f"  build: {bundle.commands['build']}")
+    con.print(f"  run:   {bundle.commands['run']}")
     if args.build:
         build_bundle(bundle, docker=args.docker, base_image=args.base_image)
-        console.print(f"[green]built[/green] {bundle.image}")
+        con.print(f"[green]built[/green] {bundle.image}")
     return 0
