@@ -40,7 +40,7 @@ class PipelineConfig:
     device: str | None = None  # tracker-host:port/key or host:port for remote measurement
     backend: str = "auto"
     seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(input_size=16))
+    data: DataConfig = field(default_factory=DataConfig)  # input_size None: the data's own size, 16 for digits
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=64, lr=0.05))
     export: ExportConfig = field(default_factory=ExportConfig)
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=10, repeats=100, threads=1))
@@ -50,8 +50,8 @@ class PipelineConfig:
             raise MetaedgeError(f"width multiplier {self.width_mult} must be positive", "pass e.g. --width-mult 0.5")
         if self.quantizer not in ("metaquant", "ste", "ptq"):
             raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant, ste or ptq")
-        if self.prune_preset not in ("demo", "full") or self.quant_preset not in ("demo", "full"):
-            raise MetaedgeError("presets must be 'demo' or 'full'", "fix --prune-preset / --quant-preset")
+        if self.prune_preset not in ("demo", "bench", "full") or self.quant_preset not in ("demo", "full"):
+            raise MetaedgeError("prune presets are demo, bench or full; quant presets demo or full", "fix --prune-preset / --quant-preset")
         if self.quantizer == "ptq" and self.quant_enabled and str(self.quant).lower() != "w8a8":
             raise MetaedgeError(f"--quantizer ptq gives int8 weights, not {self.quant}", "use --quant w8a8 with ptq, or --quantizer metaquant/ste for fewer bits")
         if self.latency_budget_enabled and not self.targets:

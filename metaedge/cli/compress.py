@@ -23,8 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--model", help="registered name (see `metaedge info --list`), pkg.module:factory, or a .pt2 file")
     g.add_argument("--weights", help="state dict (.pt) loaded with torch.load(weights_only=True)")
     g.add_argument("--width-mult", type=float, help="width multiplier for zoo models")
-    g.add_argument("--data", help="'digits' (default), an image folder (one subfolder per class) or a .npz with x, y")
-    g.add_argument("--input-size", type=positive_int, help="square input size in pixels (default 16)")
+    g.add_argument("--data", help="'digits' (default), 'fashion-mnist' (Debian package dataset-fashion-mnist), a folder of MNIST-format IDX files, an image folder (one subfolder per class) or a .npz with x, y")
+    g.add_argument("--input-size", type=positive_int, help="square input size in pixels (default: the data's own size; 16 for digits)")
+    g.add_argument("--train-subset", type=positive_int, metavar="N", help="train on at most N images (stratified, seeded; val and test keep their size), for CPU runs")
     g.add_argument("--in-chans", type=positive_int, help="input channels (default: the data's)")
     g.add_argument("--epochs", type=int, help="baseline training epochs (0: use --weights as they are)")
     g.add_argument("--batch-size", type=positive_int)
@@ -32,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("compression")
     g.add_argument("--prune-macs", help="MACs budget: fraction of the baseline (0.5) or absolute (20M); 'off' to skip")
-    g.add_argument("--prune-preset", choices=("demo", "full"), help="PruningNet/search/fine-tune effort")
+    g.add_argument("--prune-preset", choices=("demo", "bench", "full"), help="PruningNet/search/fine-tune effort")
     g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
     g.add_argument("--quantizer", choices=("metaquant", "ste", "ptq"), help="QAT with MetaQuant (default) or STE, or post-training int8 (ptq, w8a8 only)")
@@ -66,7 +67,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise MetaedgeError(f"--prune-latency {args.prune_latency} is negative", "pass e.g. 2ms, 500us or a fraction such as 0.6")
     if args.target:
         o["targets"] = tuple(t for t in args.target if t.lower() != "none")
-    data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans)) if v is not None}
+    data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset)) if v is not None}
     if data:
         o["data"] = data
     train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}

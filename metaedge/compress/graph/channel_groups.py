@@ -1,39 +1,51 @@
 """Find the channel groups of a CNN: sets of channels that must be pruned together.
 
-The model is traced with torch.fx and shapes are propagated once. Every tensor with a channel
-dimension (dim 1) gets a :class:`Layout`: the ordered list of channel groups laid side by side
-along that dimension (one group for a conv output, several after a ``torch.cat``). Rules:
+The model is traced with torch.fx in eval mode *and* in training mode (modules such as an
+auxiliary classifier may run only while training, and the PruningNet trains), and shapes are
+propagated once per trace. Every tensor with a channel dimension (dim 1) gets a :class:`Layout`:
+the ordered list of channel groups laid side by side along that dimension (one group for a conv
+output, several after a ``torch.cat``). Rules:
 
 - conv / linear outputs start a new group (the layer's output channels);
-- BN, activations, pooling, dropout, spatial means pass the layout through;
+- BN, activations, pooling, spatial means pass the layout through;
+- registered pass-through functions and modules (dropout, and whatever user code declares with
+  :func:`register_passthrough`, e.g. a ``torch.fx.wrap``-ped drop path) pass the layout through
+  when their output has the shape of their first tensor argument;
 - depthwise conv (groups == in == out) ties output to input: same layout;
 - grouped conv (1 < groups < channels) prunes both sides evenly inside each of its blocks;
 - element-wise binary ops (residual add, squeeze-excite multiply) *merge* the groups of their
   operands (union-find), so a whole residual stage shares one width;
 - ``torch.cat`` on dim 1 concatenates layouts (offsets follow from the group widths);
-- flatten of ``N x C x H x W`` into a linear keeps the layout with ``unit = H*W`` features per channel.
+- ``chunk`` / ``tensor_split(n)`` on dim 1 give each piece its own groups when the pieces hold the
+  same sequence of whole groups (those are then tied, so the runtime split follows the widths);
+  any other channel split (constant sizes, a group cut in two, ``unbind``) fixes its input;
+  splits along other dims pass the layout to every piece;
+- flatten of ``N x C x H x W`` into a linear keeps the layout with ``unit = H*W`` features per channel;
+- a module called more than once (or seen in both traces) ties the inputs of its calls.
 
 Anything else that touches a tensor with channels (view/reshape that mixes channels, channel
-shuffle, indexing, unknown functions/methods/modules) fixes the groups involved at full width.
-They are reported in ONE warning. The input channels and the model's output channels are fixed.
+shuffle, indexing, unknown functions/methods/modules -- even those that keep the shape, as they
+may mix channels) fixes the groups involved at full width. They are reported in ONE warning.
+The input channels and the model's output channels are fixed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from metaedge.errors import MetaedgeError
 
-__all__ = ["ChannelGroup", "GraphAnalysis", "Layout", "LayerInfo", "analyze_channels"]
+__all__ = ["ChannelGroup", "GraphAnalysis", "Layout", "LayerInfo", "analyze_channels", "register_passthrough"]
 
 
 @dataclass
@@ -65,7 +77,7 @@ class LayerInfo:
 @dataclass
 class GraphAnalysis:
     groups: dict[str, ChannelGroup]
-    layers: dict[str, LayerInfo]  # module name -> layouts (call order)
+    layers: dict[str, LayerInfo]  # module name -> layouts (call order; training-only modules last)
     warnings: list[str]
 
     @property
@@ -102,14 +114,72 @@ class GraphAnalysis:
         return keep
 
 
+# --- pass-through registry -------------------------------------------------------------------
+# Identity-based on purpose: a name match ("drop_path", "Dropout") could hit a function that mixes
+# channels, and a wrong pass-through crashes the PruningNet or silently corrupts the pruned model.
+_PASSTHROUGH_FUNCS: set[Callable[..., Any]] = {
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
+    torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
+}
+_PASSTHROUGH_MODULES: list[type[nn.Module]] = [
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+]
+
+_T = TypeVar("_T")
+
+
+def register_passthrough(fn_or_module_type: _T) -> _T:
+    """Declare a function or ``nn.Module`` subclass channel-preserving for channel pruning.
+
+    Use it for code the analysis cannot see into, e.g. stochastic depth written as a
+    ``torch.fx.wrap``-ped ``drop_path(x, p, training)`` (as timm does) or a ``DropPath`` module::
+
+        @register_passthrough
+        def drop_path(x, p, training): ...
+        torch.fx.wrap("drop_path")  # at module level, where drop_path is defined
+
+        register_passthrough(timm.layers.DropPath)
+
+    Only declare what keeps output channel ``c`` a function of input channel ``c`` alone (dropping
+    or scaling whole samples or channels is fine) and holds no per-channel parameters or buffers:
+    the layout of the *first* tensor argument is passed to the output, and only when the output
+    has exactly that argument's shape. Registered module types are traced as leaves (their forward
+    is not looked into); a registered module with parameters or buffers is still treated as
+    unknown. Dropout functions and modules are registered already. Returns its argument, so it
+    works as a decorator.
+    """
+    obj: Any = fn_or_module_type
+    if isinstance(obj, type):
+        if not issubclass(obj, nn.Module):
+            raise TypeError(f"register_passthrough takes a function or an nn.Module subclass, not the class {obj.__name__}")
+        if obj not in _PASSTHROUGH_MODULES:
+            _PASSTHROUGH_MODULES.append(obj)
+    elif callable(obj) and not isinstance(obj, nn.Module):
+        _PASSTHROUGH_FUNCS.add(obj)
+    else:
+        raise TypeError(f"register_passthrough takes a function or an nn.Module subclass, not {type(obj).__name__}")
+    return fn_or_module_type
+
+
+def _is_passthrough_fn(target: Any) -> bool:
+    try:
+        return target in _PASSTHROUGH_FUNCS
+    except TypeError:  # unhashable target
+        return False
+
+
+def _is_passthrough_module(mod: nn.Module) -> bool:
+    return isinstance(mod, tuple(_PASSTHROUGH_MODULES))
+
+
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.PReLU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AvgPool2d, nn.MaxPool2d,
+    nn.ELU, nn.PReLU, nn.Mish, nn.Identity, nn.AvgPool2d, nn.MaxPool2d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )
 _PASS_FUNCS = {
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu, F.mish,
-    F.dropout, F.dropout2d, F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
+    F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
     torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
 }
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "clamp", "clamp_", "clip", "float", "detach"}
@@ -119,6 +189,12 @@ _BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _BN = (nn.BatchNorm2d, nn.BatchNorm1d)
+# x.new_empty(shape) etc. take only dtype/device from x: its channels are not used (timm's drop path
+# builds its per-sample mask this way, so it shows up in the training-mode trace).
+_FACTORY_METHODS = {"new_empty", "new_zeros", "new_ones", "new_full"}
+# Splits of one tensor into a tuple of tensors; the value says where the `dim` argument sits.
+_SPLIT_FUNCS: dict[Any, str] = {torch.chunk: "chunk", torch.functional.split: "split", torch.tensor_split: "tensor_split", torch.unbind: "unbind"}
+_SPLIT_METHODS = {"chunk", "split", "split_with_sizes", "tensor_split", "unbind"}
 
 
 class _UF:
@@ -151,26 +227,53 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return tuple(int(s) for s in shape) if shape is not None else None
 
 
+def _piece_shapes(node: fx.Node) -> list[tuple[int, ...] | None] | None:
+    """Shapes of a node that returns a tuple/list of tensors (``chunk``, ``split``...), else None."""
+    meta = node.meta.get("tensor_meta")
+    if not isinstance(meta, (tuple, list)) or isinstance(meta, TensorMetadata):  # TensorMetadata is a NamedTuple
+        return None
+    return [tuple(int(s) for s in m.shape) if isinstance(m, TensorMetadata) else None for m in meta]
+
+
 def _flatten_args(args: Any) -> list[fx.Node]:
     out: list[fx.Node] = []
     fx.node.map_arg(args, lambda n: out.append(n))
     return out
 
 
+def _first_tensor(node: fx.Node) -> fx.Node | None:
+    return next((a for a in _flatten_args((node.args, node.kwargs)) if _shape(a) is not None), None)
+
+
+def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+
+
+def _call_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
 class _Analyzer:
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
+    """Visits one or more traces of the same model; module-named groups are shared between them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = dict(model.named_modules())
         self.uf = _UF()
         self.size: dict[str, int] = {}
         self.chunks: dict[str, int] = {}
         self.producers: dict[str, list[str]] = {}
         self.fixed: dict[str, str] = {}
         self.env: dict[fx.Node, Layout] = {}
+        self.pieces: dict[fx.Node, tuple[Layout | None, ...]] = {}  # tuple-valued nodes (splits)
         self.layers: dict[str, LayerInfo] = {}
         self.first_out: dict[str, str] = {}  # shared modules: one output group for every call
+        self.inputs: dict[str, str] = {}  # placeholder name -> group, the same in every trace
         self.problems: list[str] = []
+        self.hints: list[str] = []  # unknown same-shape calls: register_passthrough may fix them
 
+    # --- groups ----------------------------------------------------------------------------------
     def new_group(self, name: str, size: int, producer: str | None = None, fixed: str = "") -> str:
         base, i = name, 1
         while name in self.size:
@@ -189,23 +292,38 @@ class _Analyzer:
         for g in layout.groups:
             self.fixed.setdefault(g, reason)
 
+    def layouts_of(self, args: Any) -> list[Layout]:
+        """Layouts of every tensor in ``args``, the pieces of tuple-valued nodes included."""
+        out: list[Layout] = []
+        for a in _flatten_args(args):
+            if a in self.env:
+                out.append(self.env[a])
+            out += [p for p in self.pieces.get(a, ()) if p is not None]
+        return [lay for lay in out if lay.groups]
+
     def unsafe(self, node: fx.Node, what: str) -> Layout | None:
-        touched = [self.env[a] for a in _flatten_args((node.args, node.kwargs)) if a in self.env]
-        touched = [t for t in touched if t.groups]
-        if touched:
+        touched = self.layouts_of((node.args, node.kwargs))
+        # report only what fixes something new: ops on already-fixed tensors explain nothing
+        if any(g not in self.fixed for t in touched for g in t.groups):
             self.problems.append(f"{node.name} ({what})")
-            for t in touched:
-                self.fix(t, f"used by {what} at {node.name}")
+        for t in touched:
+            self.fix(t, f"used by {what} at {node.name}")
         return self.fresh_fixed(node, f"output of {what}")
 
     def fresh_fixed(self, node: fx.Node, reason: str) -> Layout | None:
-        shape = _shape(node)
+        shapes = _piece_shapes(node)
+        if shapes is not None:  # a tuple of tensors: one fixed group per piece
+            self.pieces[node] = tuple(self.fixed_layout(f"{node.name}.{i}", s, reason) for i, s in enumerate(shapes))
+            return None
+        return self.fixed_layout(node.name, _shape(node), reason)
+
+    def fixed_layout(self, name: str, shape: tuple[int, ...] | None, reason: str) -> Layout | None:
         if shape is None or len(shape) < 2:
             return None
-        return Layout((self.new_group(node.name, shape[1], fixed=reason),))
+        return Layout((self.new_group(name, shape[1], fixed=reason),))
 
-    def merge(self, node: fx.Node, layouts: list[Layout]) -> Layout | None:
-        """Element-wise op on tensors that must keep the same channels: tie their groups."""
+    def tie(self, node: fx.Node, layouts: list[Layout], what: str) -> Layout:
+        """Tensors that must keep the same channels: tie their groups, or fix them if they are split differently."""
         first = layouts[0]
         for other in layouts[1:]:
             a = [self.size[g] for g in first.groups]
@@ -214,10 +332,206 @@ class _Analyzer:
                 for ga, gb in zip(first.groups, other.groups):
                     self.uf.union(ga, gb)
             else:
-                self.problems.append(f"{node.name} (element-wise op on differently split channels)")
-                self.fix(first, f"misaligned operands at {node.name}")
-                self.fix(other, f"misaligned operands at {node.name}")
+                self.problems.append(f"{node.name} ({what})")
+                self.fix(first, f"{what} at {node.name}")
+                self.fix(other, f"{what} at {node.name}")
         return first
+
+    def merge(self, node: fx.Node, layouts: list[Layout]) -> Layout:
+        """Element-wise op on tensors that must keep the same channels."""
+        return self.tie(node, layouts, "element-wise op on differently split channels")
+
+    def record(self, node: fx.Node, info: LayerInfo) -> None:
+        """Layouts of a module; a later call (or the other trace) must feed it the same channels."""
+        old = self.layers.setdefault(info.name, info)
+        if old is info or info.kind not in ("conv", "linear", "bn"):
+            return  # parameter-free modules (ReLU reused on many tensors) constrain nothing
+        if old.in_layout is not None and info.in_layout is not None:
+            self.tie(node, [old.in_layout, info.in_layout], f"module {info.name} called on differently split channels")
+        elif old.in_layout is not info.in_layout:  # one call without a layout: keep the other whole
+            self.problems.append(f"{node.name} (module {info.name} also called on a tensor without channel layout)")
+            self.fix(old.in_layout or info.in_layout, f"{info.name} called on a tensor without channel layout")
+
+    # --- visitor ---------------------------------------------------------------------------------
+    def visit(self, node: fx.Node) -> Layout | None:
+        op = node.op
+        if op == "placeholder":
+            shp = _shape(node)
+            if not shp or len(shp) < 2:
+                return None
+            if node.name not in self.inputs:
+                self.inputs[node.name] = self.new_group("input", shp[1], fixed="model input")
+            return Layout((self.inputs[node.name],))
+        if op == "get_attr":
+            return None
+        if op == "output":
+            for lay in self.layouts_of(node.args):
+                self.fix(lay, "model output")
+            return None
+        if op == "call_module":
+            return self.visit_module(node, self.modules[node.target])
+        if op == "call_function":
+            return self.visit_function(node)
+        if op == "call_method":
+            return self.visit_method(node)
+        return self.unsafe(node, f"{op} {node.target}")
+
+    def visit_module(self, node: fx.Node, mod: nn.Module) -> Layout | None:
+        target, args = node.target, node.args
+        x = args[0] if args else None
+        lin = self.env.get(x) if isinstance(x, fx.Node) else None
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            return self.producer(node, mod, lin)
+        if isinstance(mod, _BN):
+            self.record(node, LayerInfo(target, "bn", lin, lin))
+            return lin
+        if isinstance(mod, _PASS_MODULES):
+            self.record(node, LayerInfo(target, "other", lin, lin))
+            return lin
+        if isinstance(mod, nn.Flatten):
+            return self.flatten(node, x, mod.start_dim)
+        if _is_passthrough_module(mod):
+            if any(True for _ in mod.parameters()) or any(True for _ in mod.buffers()):
+                return self.unsafe(node, f"registered pass-through module {type(mod).__name__} with parameters or buffers")
+            out = self.passthrough(node, f"module {type(mod).__name__}")
+            self.record(node, LayerInfo(target, "other", lin, out))
+            return out
+        return self.unknown(node, f"module {type(mod).__name__}")
+
+    def visit_function(self, node: fx.Node) -> Layout | None:
+        target, args = node.target, node.args
+        if target in _PASS_FUNCS:
+            return self.env.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+        if _is_passthrough_fn(target):
+            return self.passthrough(node, f"function {getattr(target, '__name__', target)}")
+        if target in _BINARY:
+            return self.binary(node)
+        if target is torch.flatten:
+            return self.flatten(node, args[0], _arg(node, 1, "start_dim", 0))
+        if target is torch.cat:
+            return self.cat(node, args[0], _arg(node, 1, "dim", 0))
+        if target in _REDUCE_FUNCS:
+            return self.reduce(node, args[0], _arg(node, 1, "dim", None))
+        if target in _SPLIT_FUNCS:
+            return self.split(node, _SPLIT_FUNCS[target])
+        if target is operator.getitem and args and isinstance(args[0], fx.Node) and args[0] in self.pieces:
+            return self.getitem(node, args[0], args[1])
+        if target is getattr or target is operator.getitem and _shape(node) is None and _piece_shapes(node) is None:
+            return None
+        return self.unknown(node, f"function {getattr(target, '__name__', target)}")
+
+    def visit_method(self, node: fx.Node) -> Layout | None:
+        target, args = node.target, node.args
+        x = args[0]
+        if target in _SPLIT_METHODS:
+            return self.split(node, "split" if target == "split_with_sizes" else target)
+        if target in ("size", "dim") or _shape(node) is None and _piece_shapes(node) is None:
+            return None  # not a tensor
+        if target in _PASS_METHODS:
+            return self.env.get(x)
+        if target in _BINARY_METHODS:
+            return self.binary(node)
+        if target in _FACTORY_METHODS:
+            return self.fresh_fixed(node, f"new tensor from .{target}()")
+        if target == "flatten":
+            return self.flatten(node, x, _arg(node, 1, "start_dim", 0))
+        if target in ("view", "reshape"):
+            shape = args[1:] if not (len(args) == 2 and isinstance(args[1], (tuple, list))) else args[1]
+            in_shp, out_shp = _shape(x), _shape(node)
+            if len(shape) == 2 and shape[1] == -1 and in_shp and out_shp and out_shp[0] == in_shp[0]:
+                return self.flatten(node, x, 1)  # x.view(x.size(0), -1)
+            return self.unsafe(node, f"{target} that may mix channels")
+        if target in _REDUCE_METHODS:
+            return self.reduce(node, x, _arg(node, 1, "dim", None))
+        return self.unsafe(node, f"method .{target}()")
+
+    # --- rules -----------------------------------------------------------------------------------
+    def passthrough(self, node: fx.Node, what: str) -> Layout | None:
+        """A registered channel-preserving call: the output takes its first tensor argument's layout."""
+        x = _first_tensor(node)
+        if x is None:
+            return self.fresh_fixed(node, f"output of {what}")
+        if _shape(node) != _shape(x):
+            return self.unsafe(node, f"pass-through {what} that changed the shape")
+        others = [a for a in _flatten_args((node.args, node.kwargs)) if a is not x]
+        for lay in self.layouts_of(others):  # only the first argument is declared channel-preserving
+            self.problems.append(f"{node.name} (further tensor argument of pass-through {what})")
+            self.fix(lay, f"further tensor argument of {what} at {node.name}")
+        return self.env.get(x)
+
+    def unknown(self, node: fx.Node, what: str) -> Layout | None:
+        """An opaque call. It may mix channels even when it keeps the shape, so it is never assumed to
+        pass through; the warning then points at register_passthrough."""
+        x = _first_tensor(node)
+        has_state = node.op == "call_module" and any(True for _ in self.modules[node.target].state_dict())
+        if x in self.env and not has_state and _shape(node) == _shape(x) and any(g not in self.fixed for g in self.env[x].groups):
+            self.hints.append(_call_name(node, self.modules))  # registering a module with state would not help
+        return self.unsafe(node, what)
+
+    def getitem(self, node: fx.Node, src: fx.Node, index: Any) -> Layout | None:
+        pieces = self.pieces[src]
+        if isinstance(index, slice):  # x.chunk(4, 1)[1:] is a tuple again
+            self.pieces[node] = pieces[index]
+            return None
+        if isinstance(index, int) and -len(pieces) <= index < len(pieces):
+            return pieces[index]
+        return self.unsafe(node, "indexing a tuple of tensors with a computed index")
+
+    def split(self, node: fx.Node, kind: str) -> Layout | None:
+        """chunk / split / tensor_split / unbind: one layout per piece (see the module docstring)."""
+        x, shapes = node.args[0], _piece_shapes(node)
+        in_shp = _shape(x)
+        if shapes is None or in_shp is None or len(in_shp) < 2:
+            return self.unsafe(node, f"{kind} of a tensor without channel layout")
+        lin = self.env.get(x)
+        dim = _arg(node, 1 if kind == "unbind" else 2, "dim", 0)
+        if not isinstance(dim, int):
+            return self.unsafe(node, f"{kind} along a computed dimension")
+        dim %= len(in_shp)
+        if dim == 0 and kind == "unbind":
+            return self.unsafe(node, "unbind of the batch dimension")  # the channels move to dim 0
+        if dim != 1:  # batch or spatial split: every piece keeps all channels
+            if any(s is None or len(s) < 2 or s[1] != in_shp[1] for s in shapes):
+                return self.unsafe(node, f"{kind} that moves the channel dimension")
+            self.pieces[node] = tuple(lin for _ in shapes)
+            return None
+        if lin is None:
+            return self.fresh_fixed(node, f"pieces of {kind}")
+        groups = self.channel_pieces(node, kind, lin, shapes)
+        if groups is None:
+            return self.unsafe(node, f"{kind} along channels that cannot follow the widths")
+        for g in groups[1:]:  # equal pieces at every width: the runtime split keeps its boundaries
+            self.tie(node, [Layout(groups[0], lin.unit), Layout(g, lin.unit)], f"{kind} into unequal pieces")
+        self.pieces[node] = tuple(Layout(g, lin.unit) for g in groups)
+        return None
+
+    def channel_pieces(self, node: fx.Node, kind: str, lin: Layout, shapes: list[tuple[int, ...] | None]) -> list[tuple[str, ...]] | None:
+        """The groups of each piece of a split along channels, or None if pruning would move its boundaries.
+
+        Only a split whose pieces are computed at run time from the channel count (``chunk(n)``,
+        ``tensor_split(n)``), with n equal pieces that each hold the same sequence of whole groups,
+        stays correct: tied, those groups keep the pieces equal at every width. Constant sizes
+        (``split([16, 16])``, ``split(8)``) no longer match once the input is pruned.
+        """
+        n = _arg(node, 1, "chunks" if kind == "chunk" else "sections", None)
+        if kind not in ("chunk", "tensor_split") or not isinstance(n, int) or len(shapes) != n:
+            return None
+        if any(s is None for s in shapes):
+            return None
+        bounds: dict[int, int] = {0: 0}  # feature offset -> number of groups before it
+        offset = 0
+        for i, g in enumerate(lin.groups):
+            offset += self.size[g] * lin.unit
+            bounds[offset] = i + 1
+        out, start = [], 0
+        for s in shapes:
+            end = start + s[1]
+            if start not in bounds or end not in bounds:
+                return None  # a group is cut in two
+            out.append(lin.groups[bounds[start]:bounds[end]])
+            start = end
+        sizes = [[self.size[g] for g in grp] for grp in out]
+        return out if all(s == sizes[0] for s in sizes) else None
 
     def binary(self, node: fx.Node) -> Layout | None:
         out_shape = _shape(node)
@@ -245,69 +559,6 @@ class _Analyzer:
         layout = self.env[x]
         return Layout(layout.groups, layout.unit * math.prod(shp[2:]))
 
-    def visit(self, node: fx.Node) -> Layout | None:
-        op, target = node.op, node.target
-        args = node.args
-        if op == "placeholder":
-            shp = _shape(node)
-            return Layout((self.new_group("input", shp[1], fixed="model input"),)) if shp and len(shp) >= 2 else None
-        if op == "get_attr":
-            return None
-        if op == "output":
-            for a in _flatten_args(node.args):
-                self.fix(self.env.get(a), "model output")
-            return None
-        if op == "call_module":
-            mod = self.modules[target]
-            x = args[0] if args else None
-            lin = self.env.get(x) if isinstance(x, fx.Node) else None
-            if isinstance(mod, (nn.Conv2d, nn.Linear)):
-                return self.producer(node, mod, lin)
-            if isinstance(mod, _BN):
-                self.layers.setdefault(target, LayerInfo(target, "bn", lin, lin))
-                return lin
-            if isinstance(mod, _PASS_MODULES):
-                self.layers.setdefault(target, LayerInfo(target, "other", lin, lin))
-                return lin
-            if isinstance(mod, nn.Flatten):
-                return self.flatten(node, x, mod.start_dim)
-            return self.unsafe(node, f"module {type(mod).__name__}")
-        if op == "call_function":
-            if target in _PASS_FUNCS:
-                return self.env.get(args[0]) if args and isinstance(args[0], fx.Node) else None
-            if target in _BINARY:
-                return self.binary(node)
-            if target is torch.flatten:
-                start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-                return self.flatten(node, args[0], start)
-            if target is torch.cat:
-                return self.cat(node, args[0], args[1] if len(args) > 1 else node.kwargs.get("dim", 0))
-            if target in _REDUCE_FUNCS:
-                return self.reduce(node, args[0], args[1] if len(args) > 1 else node.kwargs.get("dim"))
-            if target is getattr or target is operator.getitem and _shape(node) is None:
-                return None
-            return self.unsafe(node, f"function {getattr(target, '__name__', target)}")
-        if op == "call_method":
-            x = args[0]
-            if target in ("size", "dim") or _shape(node) is None:
-                return None
-            if target in _PASS_METHODS:
-                return self.env.get(x)
-            if target in _BINARY_METHODS:
-                return self.binary(node)
-            if target == "flatten":
-                return self.flatten(node, x, args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0))
-            if target in ("view", "reshape"):
-                shape = args[1:] if not (len(args) == 2 and isinstance(args[1], (tuple, list))) else args[1]
-                in_shp, out_shp = _shape(x), _shape(node)
-                if len(shape) == 2 and shape[1] == -1 and in_shp and out_shp and out_shp[0] == in_shp[0]:
-                    return self.flatten(node, x, 1)  # x.view(x.size(0), -1)
-                return self.unsafe(node, f"{target} that may mix channels")
-            if target in _REDUCE_METHODS:
-                return self.reduce(node, x, args[1] if len(args) > 1 else node.kwargs.get("dim"))
-            return self.unsafe(node, f"method .{target}()")
-        return self.unsafe(node, f"{op} {target}")
-
     def reduce(self, node: fx.Node, x: fx.Node, dim: Any) -> Layout | None:
         in_shp, out_shp = _shape(x), _shape(node)
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
@@ -317,9 +568,12 @@ class _Analyzer:
             return self.unsafe(node, "reduction that moves the channel dimension")
         return self.env.get(x)
 
-    def cat(self, node: fx.Node, tensors: Sequence[fx.Node], dim: int) -> Layout | None:
+    def cat(self, node: fx.Node, tensors: Sequence[fx.Node] | fx.Node, dim: int) -> Layout | None:
         shp = _shape(node)
-        layouts = [self.env.get(t) for t in tensors]
+        if isinstance(tensors, fx.Node):  # torch.cat(x.chunk(2, 1), 1)
+            layouts = list(self.pieces.get(tensors, (None,)))
+        else:
+            layouts = [self.env.get(t) for t in tensors]
         if shp is None or any(lay is None or lay.unit != 1 for lay in layouts):
             return self.unsafe(node, "concatenation of tensors without channel layout")
         if dim % len(shp) == 1:
@@ -334,18 +588,18 @@ class _Analyzer:
             return self.unsafe(node, f"{type(mod).__name__} on a tensor without channel layout")
         if isinstance(mod, nn.Linear):
             out = self.out_group(name, mod.out_features)
-            self.layers.setdefault(name, LayerInfo(name, "linear", lin, out))
+            self.record(node, LayerInfo(name, "linear", lin, out))
             return out
         g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
         if g == 1:
             out = self.out_group(name, cout)
-            self.layers.setdefault(name, LayerInfo(name, "conv", lin, out))
+            self.record(node, LayerInfo(name, "conv", lin, out))
             return out
         if g == cin == cout:  # depthwise: channel c in -> channel c out
-            self.layers.setdefault(name, LayerInfo(name, "conv", lin, lin, conv_groups=g, depthwise=True))
+            self.record(node, LayerInfo(name, "conv", lin, lin, conv_groups=g, depthwise=True))
             return lin
         out = self.out_group(name, cout)
-        self.layers.setdefault(name, LayerInfo(name, "conv", lin, out, conv_groups=g))
+        self.record(node, LayerInfo(name, "conv", lin, out, conv_groups=g))
         if len(lin.groups) != 1 or g == cin:  # blocks spanning several groups / depthwise multiplier
             self.problems.append(f"{node.name} (grouped conv over {len(lin.groups)} groups or with channel multiplier)")
             self.fix(lin, f"grouped conv {name}")
@@ -362,11 +616,14 @@ class _Analyzer:
         self.first_out[name] = g
         return Layout((g,))
 
-    def run(self) -> GraphAnalysis:
-        for node in self.gm.graph.nodes:
+    # --- result ----------------------------------------------------------------------------------
+    def visit_graph(self, gm: fx.GraphModule) -> None:
+        for node in gm.graph.nodes:
             lay = self.visit(node)
             if lay is not None:
                 self.env[node] = lay
+
+    def result(self) -> GraphAnalysis:
         roots: dict[str, ChannelGroup] = {}
         for g in self.size:
             r = self.uf.find(g)
@@ -384,33 +641,77 @@ class _Analyzer:
                 grp.prunable, grp.reason = False, "grouped conv blocks do not divide it"
         rl = lambda lay: None if lay is None else Layout(tuple(self.uf.find(g) for g in lay.groups), lay.unit)  # noqa: E731
         layers = {n: LayerInfo(i.name, i.kind, rl(i.in_layout), rl(i.out_layout), i.conv_groups, i.depthwise) for n, i in self.layers.items()}
-        msgs = []
-        if self.problems:
-            fixed = sorted({g.name for g in roots.values() if not g.prunable and g.reason not in ("model input", "model output")})
-            msgs.append(
-                "channel pruning left these channel groups at full width because of patterns it cannot prune safely: "
-                + "; ".join(dict.fromkeys(self.problems)) + f" -> fixed groups: {', '.join(fixed) or 'none'}"
+        return GraphAnalysis(roots, layers, self.messages(roots))
+
+    def messages(self, roots: dict[str, ChannelGroup]) -> list[str]:
+        if not self.problems:
+            return []
+        fixed = sorted({g.name for g in roots.values() if not g.prunable and g.reason not in ("model input", "model output")})
+        msg = (
+            "channel pruning left these channel groups at full width because of patterns it cannot prune safely: "
+            + "; ".join(dict.fromkeys(self.problems)) + f" -> fixed groups: {', '.join(fixed) or 'none'}"
+        )
+        if self.hints:
+            msg += (
+                f". If {', '.join(dict.fromkeys(self.hints))} only drop or scale whole samples or channels "
+                "(e.g. drop path) and hold no per-channel parameters, declare them with "
+                "metaedge.compress.graph.register_passthrough(...)"
             )
-        return GraphAnalysis(roots, layers, msgs)
+        return [msg]
+
+
+class _Tracer(fx.Tracer):
+    """Registered pass-through module types are leaves: their forward (e.g. random masks) is not traced."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_passthrough_module(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Every submodule in one mode; restores each submodule's own flag (frozen BN stays frozen)."""
+    saved = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, was in saved:
+            m.training = was
+
+
+def _trace(model: nn.Module, training: bool) -> fx.GraphModule:
+    """``self.training`` is a constant while tracing, so each mode has its own graph."""
+    mode = "training" if training else "eval"
+    try:
+        with _mode(model, training):
+            tracer = _Tracer()
+            graph = tracer.trace(model)
+    except Exception as exc:  # data-dependent control flow, unsupported Python in forward
+        raise MetaedgeError(
+            f"torch.fx cannot trace {type(model).__name__} in {mode} mode for channel pruning ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+            "remove data-dependent control flow from forward() or prune with --prune none",
+        ) from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _propagate(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> None:
+    # modules in eval mode even for the training-mode graph: same shapes, no BN statistics updated
+    with _mode(model, False), torch.no_grad():
+        ShapeProp(gm).propagate(example[:1])
 
 
 def analyze_channels(model: nn.Module, example_input: torch.Tensor, warn: bool = True) -> GraphAnalysis:
-    """Trace ``model`` and return its channel groups; unsafe patterns are listed in one warning."""
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # data-dependent control flow, unsupported Python in forward
-        raise MetaedgeError(
-            f"torch.fx cannot trace {type(model).__name__} for channel pruning ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
-            "remove data-dependent control flow from forward() or prune with --prune none",
-        ) from exc
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input[:1])
-    finally:
-        model.train(was)
-    result = _Analyzer(gm).run()
+    """Trace ``model`` (eval and training mode) and return its channel groups; unsafe patterns are
+    listed in one warning."""
+    graphs = [_trace(model, False)]
+    train_gm = _trace(model, True)
+    if train_gm.code != graphs[0].code:  # e.g. an auxiliary head that runs only while training
+        graphs.append(train_gm)
+    analyzer = _Analyzer(model)
+    for gm in graphs:  # eval first: its nodes name the groups
+        _propagate(model, gm, example_input)
+        analyzer.visit_graph(gm)
+    result = analyzer.result()
     if warn:
         for msg in result.warnings:
             warnings.warn(msg, stacklevel=2)
