@@ -135,7 +135,9 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     quantized = _is_quantized(onnx_path)
     sha = file_sha256(onnx_path)
     variant = str(device or "local")
-    entry: dict[str, Any] = {"target": target.name, "device": device, "onnx_sha256": sha, "quantized": quantized,
+    # arch/gpu let the torch-free runner tell which target's choice runs on the machine it is on.
+    entry: dict[str, Any] = {"target": target.name, "arch": target.arch, "gpu": target.is_gpu,
+                             "device": device, "onnx_sha256": sha, "quantized": quantized,
                              "timing": {"warmup": timing.warmup, "repeats": timing.repeats, "threads": timing.threads}}
     for name in names:
         t0 = time.perf_counter()

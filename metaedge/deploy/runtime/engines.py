@@ -24,6 +24,11 @@ class Engine:
     name = "engine"
     static_batch: int | None = None
 
+    @property
+    def batch_limit(self) -> int | None:
+        """Largest batch one call runs natively (None: any). Dynamic batching needs more than 1."""
+        return self.static_batch
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
 
@@ -62,6 +67,13 @@ class OrtEngine(Engine):
         self.input_name = input_name if input_name in names else names[0]
         self.providers = self.session.get_providers()
         self.version = ort.__version__
+        dim0 = next(i for i in self.session.get_inputs() if i.name == self.input_name).shape[0]
+        # A symbolic/None batch dim was exported dynamic; a fixed int is all the graph takes.
+        self._batch_limit = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+
+    @property
+    def batch_limit(self) -> int | None:
+        return self._batch_limit
 
     def run(self, x: np.ndarray) -> np.ndarray:
         # InferenceSession.run is thread-safe, so concurrent requests need no lock.
@@ -174,6 +186,11 @@ class TensorRTEngine(Engine):
             raise MetaedgeError(f"TensorRT could not load {path}", "delete the cached engine so it is rebuilt on this device")
         self.context = self.engine.create_execution_context()
         self.cuda = _CudaRT()
+        self.max_batch = max_batch
+
+    @property
+    def batch_limit(self) -> int | None:
+        return self.max_batch  # the optimization profile built above (or by compile) stops there
 
     def _build_cached(self, onnx_path: Path, shape: tuple[int, ...], cache_dir: Path, max_batch: int, fp16: bool) -> Path:
         digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]

@@ -1,8 +1,12 @@
-"""Errors a client caused (bad input): the server answers them with HTTP 400, never a crash."""
+"""Errors a client caused (bad input): the server answers them with HTTP 4xx, never a crash."""
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "UnsupportedContentType"]
 
 
 class InputError(ValueError):
-    """The request's input cannot be run: wrong shape, dtype, encoding or values."""
+    """The request's input cannot be run: wrong shape, dtype, encoding or values (HTTP 400)."""
+
+
+class UnsupportedContentType(InputError):
+    """The body's Content-Type is not one the runner decodes (HTTP 415)."""

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 
-from metaedge.deploy.runtime.errors import InputError
+from metaedge.deploy.runtime.errors import InputError, UnsupportedContentType
 from metaedge.deploy.runtime.spec import ModelSpec
 
-__all__ = ["IMAGE_SUFFIXES", "load_image", "load_input_file", "npy_from_bytes"]
+__all__ = ["IMAGE_SUFFIXES", "IMAGE_TYPES", "NPY_TYPES", "decode_request", "load_image", "load_input_file",
+           "npy_from_bytes"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/webp")
 
 
 def npy_from_bytes(data: bytes, spec: ModelSpec) -> np.ndarray:
@@ -56,3 +60,22 @@ def load_input_file(path: str | Path, spec: ModelSpec) -> np.ndarray:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return load_image(path, spec)
     raise InputError(f"{path}: unsupported input type {path.suffix!r}; use .npy or an image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def decode_request(data: bytes, content_type: str, spec: ModelSpec) -> np.ndarray:
+    """An ``/infer`` body -> validated batch: JSON ``{"input": nested list}``, ``.npy`` bytes or an image."""
+    if content_type in NPY_TYPES:
+        return npy_from_bytes(data, spec)
+    if content_type in IMAGE_TYPES:
+        return load_image(data, spec)
+    if content_type == "application/json":
+        try:
+            payload = json.loads(data)
+        except ValueError as exc:  # bad JSON, bad UTF-8, an integer past Python's 4300-digit limit
+            raise InputError(f"body is not valid JSON ({str(exc)[:200]})") from None
+        except RecursionError:  # "[[[[...]]]]" nested thousands deep
+            raise InputError("body is not valid JSON (nested too deeply)") from None
+        if not isinstance(payload, dict) or "input" not in payload:
+            raise InputError('JSON body must be an object {"input": [[[[...]]]]}')
+        return spec.from_nested_list(payload["input"])
+    raise UnsupportedContentType(f"unsupported Content-Type {content_type!r}; use application/json or application/x-npy")

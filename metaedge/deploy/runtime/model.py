@@ -1,7 +1,6 @@
 """Open an artifact directory: pick the model file and backend, check its hash, wrap the engine."""
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,56 +9,20 @@ from typing import Any
 import numpy as np
 
 from metaedge.artifacts import file_sha256, load_manifest
-from metaedge.deploy.runtime.engines import ENGINES, Engine, open_engine
+from metaedge.deploy.runtime.choice import choose_model
+from metaedge.deploy.runtime.engines import Engine, open_engine
+from metaedge.deploy.runtime.host import Host
 from metaedge.deploy.runtime.spec import ModelSpec
 from metaedge.errors import MetaedgeError
 
 __all__ = ["LoadedModel", "load_model", "resolve_model_file"]
 
-_SUFFIX_BACKEND = {".onnx": "onnxruntime", ".so": "tvm", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-
-def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
 
 def resolve_model_file(root: Path, manifest: dict[str, Any], backend: str | None = None,
-                       model: str | None = None) -> tuple[Path, str]:
-    """Which file to load and with which backend.
-
-    Order: explicit ``model``/``backend``; the bundle's ``manifest["deploy"]`` (written by
-    ``metaedge deploy``); else the best artifact present whose runtime imports here:
-    a TensorRT engine, a TVM library under ``compiled/<target>/tvm/``, then ``model.onnx``.
-    """
-    if backend is not None and backend not in ENGINES:
-        raise MetaedgeError(f"unknown runtime backend {backend!r}", f"choose one of: {', '.join(ENGINES)}")
-    deploy = manifest.get("deploy") or {}
-    rel = model or deploy.get("model")
-    if rel:
-        path = root / rel
-        if not path.is_file():
-            raise MetaedgeError(f"model file {path} does not exist", "check --model or the manifest's deploy.model")
-        chosen = backend or deploy.get("backend") or _SUFFIX_BACKEND.get(path.suffix)
-        if chosen is None:
-            raise MetaedgeError(f"cannot tell the backend of {path.name}", f"pass --backend ({', '.join(ENGINES)})")
-        return path, chosen
-    candidates: list[tuple[str, Path]] = []
-    if backend in (None, "tensorrt") and (backend or _importable("tensorrt")):
-        candidates += [("tensorrt", p) for p in sorted(root.glob("*.engine"))]
-        if backend == "tensorrt":
-            candidates.append(("tensorrt", root / "model.onnx"))  # built on first start
-    if backend in (None, "tvm") and (backend or _importable("tvm")):
-        candidates += [("tvm", p) for p in sorted(root.glob("compiled/*/tvm/model.so"))]
-        candidates.append(("tvm", root / "model.so"))
-    if backend in (None, "onnxruntime"):
-        candidates.append(("onnxruntime", root / "model.onnx"))
-    for name, path in candidates:
-        if path.is_file():
-            return path, name
-    raise MetaedgeError(
-        f"no loadable model in {root}" + (f" for backend {backend}" if backend else ""),
-        "point --artifact at a directory with model.onnx (or a compiled model)",
-    )
+                       model: str | None = None, host: Host | None = None) -> tuple[Path, str]:
+    """(file, backend) to load; see :func:`choose_model` for the order and the reason."""
+    choice = choose_model(root, manifest, backend, model, host)
+    return choice.path, choice.backend
 
 
 def _check_hash(root: Path, path: Path, manifest: dict[str, Any]) -> None:
@@ -81,6 +44,28 @@ class LoadedModel:
     engine: Engine
     path: Path
     backend: str
+    reason: str = ""  # why this file and backend (printed at start, shown by /healthz)
+    target: str | None = None  # the compiled target it came from, if any
+    root: Path | None = None  # the artifact directory
+
+    @property
+    def file(self) -> str:
+        """The model file as a path inside the artifact (compiled/x86/tvm/model.so)."""
+        try:
+            return self.path.relative_to(self.root).as_posix() if self.root else self.path.name
+        except ValueError:
+            return self.path.name
+
+    @property
+    def batch_limit(self) -> int | None:
+        return self.engine.batch_limit
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,), repeats: int = 2) -> None:
+        """Run zeros through the engine so first requests do not pay for lazy allocation."""
+        for n in batch_sizes:
+            x = np.zeros((n,) + self.spec.chw, np.float32)
+            for _ in range(repeats):
+                self.infer(x)
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         """Validated batch -> (logits [N, K], inference milliseconds)."""
@@ -92,21 +77,23 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.spec.name,
-            "file": self.path.name,
+            "file": self.file,
             "model_bytes": self.path.stat().st_size,
             "input_shape": list(self.spec.input_shape),
             "num_classes": self.spec.num_classes,
             **self.engine.describe(),
+            "chosen_by": self.reason,
+            "target": self.target,
         }
 
 
 def load_model(artifact: str | Path, backend: str | None = None, model: str | None = None, threads: int = 1,
-               cache_dir: str | Path | None = None) -> LoadedModel:
+               cache_dir: str | Path | None = None, host: Host | None = None) -> LoadedModel:
     root = Path(artifact)
     manifest = load_manifest(root)
     spec = ModelSpec.from_manifest(manifest)
-    path, chosen = resolve_model_file(root, manifest, backend, model)
-    _check_hash(root, path, manifest)
-    engine = open_engine(chosen, path, spec.input_name, spec.input_shape, threads,
+    choice = choose_model(root, manifest, backend, model, host)
+    _check_hash(root, choice.path, manifest)
+    engine = open_engine(choice.backend, choice.path, spec.input_name, spec.input_shape, threads,
                          Path(cache_dir) if cache_dir else None)
-    return LoadedModel(spec, engine, path, chosen)
+    return LoadedModel(spec, engine, choice.path, choice.backend, choice.reason, choice.target, root)

@@ -88,8 +88,9 @@ class ModelSpec:
         if not isinstance(data, list):
             raise InputError(f"'input' must be a nested list of numbers, got {type(data).__name__}")
         try:
-            arr = np.array(data, dtype=np.float32)
-        except (ValueError, TypeError) as exc:
+            with np.errstate(over="ignore"):  # 1e39 becomes inf, which validate() rejects with a message
+                arr = np.array(data, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError) as exc:
             raise InputError(f"'input' must be a rectangular nested list of numbers ({_first_line(exc)})") from None
         if arr.dtype == object or arr.size == 0:
             raise InputError("'input' must be a non-empty rectangular nested list of numbers")
