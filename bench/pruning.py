@@ -1,18 +1,33 @@
-"""Benchmark: MetaPruning vs uniform width, L1-norm channel pruning and random widths.
+"""Benchmark: MetaPruning vs uniform width, L1 channel pruning, Torch-Pruning L1 and random widths.
 
-MobileNetV2 and ResNet-20 on digits (16x16, 1 channel) at 25%, 10% and 5% of the unpruned MACs.
-Every method gets the same fine-tune (epochs, lr, KD from the unpruned model) and is scored on
-the test split; each result is exported to ONNX and timed in ONNX Runtime with one thread.
+Fashion-MNIST (official 10k test split; validation carved from train; a seeded train subset for
+CPU runs), ResNet-20 and MobileNetV2 at 25%, 10% and 5% of the unpruned MACs. The protocol is the
+same for every method:
 
-  (a) metapruning  prune_model(): PruningNet (trained once per network) + evolutionary search
-  (b) uniform      one width ratio for every group (largest under the budget), first-k channels
-  (c) l1           uniform widths, channels of largest filter L1 norm (metaedge's materialiser)
-  (c') tp_l1       Torch-Pruning MagnitudePruner (L1, per-layer ratio), when torch-pruning is installed
-  (d) random       random widths under the budget (same sampler as the search), first-k channels
+- one trained baseline per network (seed 0), the teacher of every fine-tune (KD);
+- budget use: every method fills the budget greedily to >= 95% where its space allows (the search
+  repairs candidates into [0.95, 1] x budget; uniform widens its narrowest groups one step at a
+  time; random is repaired like the search; Torch-Pruning's global ratio is bisected);
+- start: width-vector methods (metapruning, uniform, random) start from the better on validation of
+  the PruningNet's generated weights and the baseline's first-k channels (BN re-estimated on the
+  same batches); L1 methods start from their own kept channels;
+- the same fine-tune (epochs, lr, batch, KD) and seeds; rank on the 10k test split only.
 
-Run:  python bench/pruning.py --quick      (1 seed, short schedules)
-      python bench/pruning.py               (3 seeds)
-Writes bench-out/pruning/results.json and results.md (and resumes from results.json).
+Methods:
+  metapruning  one PruningNet per network (sandwich rule over the band of all budgets), evolutionary
+               search per budget (seed 0, shared by the three fine-tune seeds, as the paper
+               searches once), fitness on 5k validation images
+  uniform      every prunable group at one ratio, filled greedily, first-k channels
+  l1           uniform's widths, channels of largest filter L1 norm (Li et al. 2017)
+  tp_l1        Torch-Pruning MagnitudePruner (L1, global ratio), the field's peer tool
+  random       random widths under the budget (the search's sampler and repair), first-k channels
+
+The PruningNet's rank diagnostic (Spearman between its score and the accuracy after a short
+fine-tune, over >= 10 in-budget structures) is printed per network and budget.
+
+Run:  python bench/pruning.py --quick            (smoke run: tiny subset, 1 seed, 1 budget)
+      python bench/pruning.py                    (the table: 3 seeds; resumes from results.json)
+Writes bench-out/pruning/results.json, results.md and accuracy_vs_latency.png.
 """
 from __future__ import annotations
 
@@ -35,15 +50,20 @@ import torch.nn as nn
 
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
-from metaedge.compress.metapruning.search import _repair
-from metaedge.compress.metapruning import PRESETS, Pricer, WidthSpace, l1_keep, materialize, prune_model
+from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, l1_keep, prune_model
+from metaedge.compress.metapruning.diagnostic import rank_check
+from metaedge.compress.metapruning.sampling import Band
+from metaedge.compress.metapruning.space import repair
+from metaedge.compress.metapruning.starts import start_model
+from metaedge.compress.metapruning.training import recalib_batches
 from metaedge.compress.train import TrainConfig, evaluate, fit
 from metaedge.data import DataConfig, load_data, make_loader
 from metaedge.latency import TimingConfig, time_callable
 from metaedge.zoo import create_model
 
-ARCHS = ("mobilenetv2_100", "resnet20")
+ARCHS = ("resnet20", "mobilenetv2_100")
 BUDGETS = (0.25, 0.10, 0.05)
+FILL = 0.95  # every method uses at least this share of the budget where it can
 
 
 def ort_latency_ms(model: nn.Module, x: torch.Tensor) -> float:
@@ -55,109 +75,152 @@ def ort_latency_ms(model: nn.Module, x: torch.Tensor) -> float:
         check_parity(model, path, x)
         runner = OrtRunner(path, threads=1)
         one = x[:1].numpy()
-        return time_callable(lambda: runner.run(one), TimingConfig(warmup=10, repeats=50)).p50_ms
+        return time_callable(lambda: runner.run(one), TimingConfig(warmup=20, repeats=100)).p50_ms
 
 
-def pick_multiple(space_for, pricer: Pricer, budget: float) -> int:
-    """Largest channel multiple (8, 4, 2, 1) whose narrowest network fits the budget."""
-    for m in (8, 4, 2, 1):
-        sp = space_for(m)
-        if pricer.macs(sp.widths(sp.smallest())) <= budget:
-            return m
-    return 1
-
-
-def uniform_widths(space: WidthSpace, pricer: Pricer, budget: float) -> dict[str, int]:
+def uniform_widths(space: WidthSpace, cost, budget: float) -> dict[str, int]:
+    """The widest single ratio under the budget, then the narrowest groups widened one step at a
+    time while the budget allows: the width multiplier given the same budget use as the search."""
     best = space.widths(space.smallest())
     for r in np.linspace(0.02, 1.0, 197):
         w = space.uniform(float(r))
-        if pricer.macs(w) <= budget:
+        if cost(w) <= budget:
             best = w
-    return best
+    genes = [space.options[i].index(best[g]) for i, g in enumerate(space.groups)]
+    while cost(space.widths(genes)) < FILL * budget:
+        order = sorted(range(len(genes)), key=lambda i: space.options[i][genes[i]] / space.analysis.groups[space.groups[i]].size)
+        for i in order:
+            if genes[i] + 1 < len(space.options[i]):
+                genes[i] += 1
+                if cost(space.widths(genes)) <= budget:
+                    break
+                genes[i] -= 1
+        else:
+            break
+    return space.widths(genes)
 
 
 def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> nn.Module | None:
+    """Torch-Pruning's L1 magnitude pruner at the global ratio whose MACs come closest under budget."""
     try:
         import torch_pruning as tp  # benchmark-only dependency
     except ImportError:
         return None
-    fc = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
     def prune(ratio: float) -> nn.Module:
         m = copy.deepcopy(model)
-        fcm = [mm for mm in m.modules() if isinstance(mm, nn.Linear)][-1]
+        fc = [mm for mm in m.modules() if isinstance(mm, nn.Linear)][-1]
         pruner = tp.pruner.MagnitudePruner(m, x[:1], importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                                           ignored_layers=[fcm], round_to=multiple)
+                                           ignored_layers=[fc], round_to=multiple)
         pruner.step()
         return m
 
-    # Torch-Pruning's MACs are not monotonic in the ratio once channels are rounded: scan a grid and
-    # keep the pruned network with the most MACs under the budget.
-    best, best_macs = None, -1
-    for ratio in np.linspace(0.05, 0.97, 24):
+    # MACs fall roughly monotonically with the ratio but rounding makes steps: a coarse scan, then
+    # bisection between the last feasible and first infeasible ratio.
+    best, best_macs, lo, hi = None, -1, 0.0, 0.99
+    for ratio in np.linspace(0.05, 0.99, 20):
         try:
             m = prune(float(ratio))
         except Exception:  # noqa: BLE001 - ratios that empty a layer
             continue
         macs = count_cost(m, x.shape).macs
-        if best_macs < macs <= budget:
-            best, best_macs = m, macs
-    del fc
+        if macs <= budget:
+            hi = float(ratio)
+            if macs > best_macs:
+                best, best_macs = m, macs
+            break
+        lo = float(ratio)
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        try:
+            m = prune(mid)
+        except Exception:  # noqa: BLE001
+            lo = mid
+            continue
+        macs = count_cost(m, x.shape).macs
+        if macs <= budget:
+            hi = mid
+            if macs > best_macs:
+                best, best_macs = m, macs
+        else:
+            lo = mid
     return best
-
-
-def finetune(model, teacher, data, tcfg: TrainConfig) -> None:
-    fit(model, make_loader(data.train, tcfg.batch_size, True, tcfg.seed), make_loader(data.val, 256, False), tcfg, teacher=teacher, desc="fine-tune", quiet=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, short schedules")
+    ap.add_argument("--quick", action="store_true", help="smoke run: small subset, 1 seed, 10%% budget, short schedules")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--input-size", type=int, default=16)
+    ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     ap.add_argument("--methods", default="metapruning,uniform,l1,tp_l1,random")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--base-epochs", type=int, default=None)
+    ap.add_argument("--pn-epochs", type=int, default=None)
+    ap.add_argument("--ft-epochs", type=int, default=None)
+    ap.add_argument("--population", type=int, default=None)
+    ap.add_argument("--generations", type=int, default=None)
+    ap.add_argument("--rank-check", type=int, default=None, help="structures in the rank diagnostic per budget (0: off)")
     ap.add_argument("--out", default="bench-out/pruning")  # git-ignored: holds checkpoints
+    ap.add_argument("--val-frac", type=float, default=5000 / 60000, help="validation share of the train file (default: 5k images)")
+    # One thread: two processes with two OpenMP threads each on 2 cores run ~20x slower (spin-waits).
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = args.seeds or (1 if args.quick else 3)
-    base_epochs, ft_epochs = (4, 3) if args.quick else (10, 8)
-    pcfg = replace(PRESETS["demo"], pruningnet_epochs=3 if args.quick else 8, population=12 if args.quick else 30,
-                   generations=3 if args.quick else 8, parents=4 if args.quick else 8, recalib_batches=4 if args.quick else 10,
-                   finetune_epochs=ft_epochs)
-    methods = args.methods.split(",")
-    data = load_data(DataConfig(input_size=16))
+    q = args.quick
+    seeds = args.seeds or (1 if q else 3)
+    base_epochs = args.base_epochs or (2 if q else 10)
+    ft_epochs = args.ft_epochs or (1 if q else 6)
+    n_check = args.rank_check if args.rank_check is not None else (3 if q else 10)
+    budgets = [0.10] if q and args.budgets == ",".join(str(b) for b in BUDGETS) else [float(b) for b in args.budgets.split(",")]
+    pcfg = replace(PRESETS["bench"], finetune_epochs=ft_epochs, **({"pruningnet_epochs": args.pn_epochs} if args.pn_epochs else {}))
+    if args.population:
+        pcfg = replace(pcfg, population=args.population, generations=args.generations or pcfg.generations)
+    if q:
+        pcfg = replace(pcfg, pruningnet_epochs=args.pn_epochs or 1, population=8, generations=2, parents=3, recalib_batches=4)
+    subset = 1500 if q and args.train_subset == 10000 else args.train_subset
+    # validation carved from train: the search's fitness split (>= 5k images resolve ~0.6 points)
+    data = load_data(DataConfig(source=args.data, input_size=args.input_size, train_subset=subset, seed=0, val_frac=args.val_frac))
+    print(f"data {data.name}: {data.summary()['sizes']} at {args.input_size}x{args.input_size}", flush=True)
     test_loader = make_loader(data.test, 256, False)
+    val_loader = make_loader(data.val, 256, False)
     results_path = out / "results.json"
     rows: list[dict] = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["arch"], r["budget"], r["method"], r["seed"]) for r in rows}
     x_par = data.val.tensors[0][:64]
+    methods = args.methods.split(",")
     for arch in args.archs.split(","):
         t = time.perf_counter()
-        model = create_model(arch, num_classes=10, in_chans=1, input_size=16)
+        model = create_model(arch, num_classes=data.num_classes, in_chans=data.in_chans, input_size=data.input_size)
         ck = out / f"base_{arch}.pt"
         if ck.exists():
             model.load_state_dict(torch.load(ck, weights_only=True))
         else:
-            fit(model, make_loader(data.train, 64, True), make_loader(data.val, 256, False), TrainConfig(epochs=base_epochs), desc=f"base {arch}", quiet=True)
+            fit(model, make_loader(data.train, 64, True), val_loader, TrainConfig(epochs=base_epochs, lr=0.1), desc=f"base {arch}", quiet=True)
             torch.save(model.state_dict(), ck)
         model.eval()
         base_acc = evaluate(model, test_loader)
-        analysis = analyze_channels(model, data.train.tensors[0][:1])
+        analysis = analyze_channels(model, data.train.tensors[0][:1], warn=False)
         pricer = Pricer(model, analysis, data.input_shape)
+        cost = lambda w: float(pricer.macs(w))  # noqa: E731
         if not any(r["arch"] == arch and r["method"] == "unpruned" for r in rows):
             rows.append({"arch": arch, "budget": 1.0, "method": "unpruned", "seed": 0, "macs": pricer.base_macs, "params": pricer.base_params,
-                         "test_acc": base_acc, "latency_ms": ort_latency_ms(model, x_par), "seconds": time.perf_counter() - t})
-        print(f"{arch}: base test acc {base_acc:.4f}, {pricer.base_macs / 1e6:.2f} MMACs", flush=True)
-        fracs = [float(b) for b in args.budgets.split(",")]
-        # one channel multiple per network (8 unless the smallest budget needs finer steps: ResNet-20 at 5%)
-        multiple = pick_multiple(lambda m: WidthSpace(analysis, pcfg.choices, m), pricer, min(fracs) * pricer.base_macs)
+                         "test_acc": base_acc, "latency_ms": ort_latency_ms(model, x_par), "seconds": round(time.perf_counter() - t, 1)})
+        print(f"{arch}: base test acc {base_acc:.4f}, {pricer.base_macs / 1e6:.2f} MMACs ({time.perf_counter() - t:.0f} s)", flush=True)
+        # ResNet-20's residual stages leave few groups: its 5% budget needs finer channel steps
+        multiple = 4 if min(budgets) * pricer.base_macs < cost(WidthSpace(analysis, pcfg.choices, 8).widths(WidthSpace(analysis, pcfg.choices, 8).smallest())) else 8
         space = WidthSpace(analysis, pcfg.choices, multiple)
-        for frac in fracs:
+        band = Band.around([b * pricer.base_macs for b in budgets])
+        pcfg_arch = replace(pcfg, channel_multiple=multiple, band=(band.lo, band.hi))
+        shared = out / f"pruningnet_{arch}.pt"
+        recalib = recalib_batches(data.train, pcfg.batch_size, pcfg.recalib_batches, 0)
+        pn: PruningNet | None = None
+        for frac in budgets:
             budget = frac * pricer.base_macs
             for seed in range(seeds):
                 tcfg = TrainConfig(epochs=ft_epochs, batch_size=pcfg.batch_size, lr=pcfg.finetune_lr, distill_alpha=pcfg.distill, seed=seed)
@@ -166,51 +229,65 @@ def main(argv: list[str] | None = None) -> int:
                     if key in done:
                         continue
                     t = time.perf_counter()
+                    extra: dict = {}
                     if method == "metapruning":
-                        work = out / f"work_{arch}_{frac}_{seed}"
-                        shared = out / f"pruningnet_{arch}_m{multiple}.pt"
+                        work = out / f"work_{arch}_{frac}"  # one search per budget, shared by the fine-tune seeds
                         if shared.exists() and not (work / "pruningnet.pt").exists():
                             work.mkdir(parents=True, exist_ok=True)
                             shutil.copyfile(shared, work / "pruningnet.pt")  # one PruningNet per network, shared by budgets
-                        res = prune_model(model, data, replace(pcfg, budget=budget, channel_multiple=multiple, seed=seed), work, quiet=True)
+                        check = n_check if seed == 0 else 0
+                        res = prune_model(model, data, replace(pcfg_arch, budget=budget, seed=seed, search_seed=0, rank_check=check), work, quiet=True)
                         if not shared.exists():
                             shutil.copyfile(work / "pruningnet.pt", shared)
-                        small, extra = res.model, {"search_acc": res.search_accuracy, "phase_seconds": res.seconds}
+                        small = res.model
+                        extra = {"search_acc": res.search_accuracy, "start": res.init, "start_acc": res.start_accuracy, "phase_seconds": res.seconds}
+                        if res.rank_check is not None:
+                            extra["rank_check"] = res.rank_check
+                            print(f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures", flush=True)
                     elif method == "tp_l1":
                         small = tp_l1(model, data.train.tensors[0][:1], budget, multiple)
                         if small is None:
+                            print("  tp_l1: torch-pruning is not installed (pip install torch-pruning==1.6.1); skipped", flush=True)
                             continue
-                        finetune(small, model, data, tcfg)
-                        extra = {}
+                        fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
+                        extra = {"start": "inherited"}
                     else:
-                        if method == "uniform":
-                            widths, keep_fn = uniform_widths(space, pricer, budget), analysis.crop_keep
-                        elif method == "l1":
-                            widths = uniform_widths(space, pricer, budget)
-                            keep_fn = lambda w: l1_keep(model, analysis, w)  # noqa: E731
+                        if method in ("uniform", "l1"):
+                            widths = uniform_widths(space, cost, budget)
                         elif method == "random":
-                            rng = random.Random(1000 + seed)  # the search's sampler and budget repair, no scoring
+                            rng = random.Random(1000 + seed)
                             genes = None
                             while genes is None:
-                                genes = _repair(space.sample(rng), space, pricer.macs, 0.9 * budget, budget, rng)
+                                genes = repair(space.sample(rng), space, cost, FILL * budget, budget, rng)
                             widths = space.widths(genes)
-                            keep_fn = analysis.crop_keep
                         else:
                             raise SystemExit(f"unknown method {method}")
-                        small = materialize(model, analysis, keep_fn(widths))
-                        finetune(small, model, data, tcfg)
-                        extra = {}
+                        if method == "l1":
+                            small = start_model("inherited", model, analysis, widths, recalib, keep=l1_keep(model, analysis, widths))
+                            extra = {"start": "inherited"}
+                        else:
+                            if pn is None:  # the same generated-weights start MetaPruning gets
+                                pn = PruningNet(model, analysis, hidden=pcfg.hidden, init_from_model=pcfg.init_from_model)
+                                pn.load_state_dict(torch.load(shared, map_location="cpu", weights_only=True)["model"])
+                                pn.eval()
+                            starts = {k: start_model(k, model, analysis, widths, recalib, pn=pn) for k in ("generated", "inherited")}
+                            accs = {k: evaluate(m, val_loader) for k, m in starts.items()}
+                            init = max(starts, key=lambda k: (accs[k], k == "generated"))
+                            small, extra = starts[init], {"start": init, "start_acc": accs}
+                        fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
                     small.eval()
-                    cost = count_cost(small, data.input_shape)
-                    row = {"arch": arch, "budget": frac, "method": method, "seed": seed, "multiple": multiple, "macs": cost.macs, "params": cost.params,
-                           "test_acc": evaluate(small, test_loader), "latency_ms": ort_latency_ms(small, x_par), "seconds": round(time.perf_counter() - t, 1), **extra}
+                    c = count_cost(small, data.input_shape)
+                    row = {"arch": arch, "budget": frac, "method": method, "seed": seed, "multiple": multiple, "macs": c.macs, "params": c.params,
+                           "budget_use": c.macs / budget, "val_acc": evaluate(small, val_loader), "test_acc": evaluate(small, test_loader),
+                           "latency_ms": ort_latency_ms(small, x_par), "seconds": round(time.perf_counter() - t, 1), **extra}
                     rows.append(row)
                     done.add(key)
-                    print(f"  {arch} {frac:.2f} {method:12s} seed {seed}: acc {row['test_acc']:.4f} {cost.macs / 1e6:.3f} MMACs "
-                          f"{row['latency_ms']:.3f} ms  ({row['seconds']:.0f} s)", flush=True)
+                    print(f"  {arch} {frac:.2f} {method:12s} seed {seed}: test {row['test_acc']:.4f} {c.macs / 1e6:.3f} MMACs "
+                          f"({row['budget_use']:.0%} of budget) {row['latency_ms']:.3f} ms  ({row['seconds']:.0f} s)", flush=True)
                     results_path.write_text(json.dumps(rows, indent=1))
     table = render(rows)
     (out / "results.md").write_text(table + "\n")
+    plot(rows, out / "accuracy_vs_latency.png")
     print(table)
     return 0
 
@@ -219,16 +296,51 @@ def render(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["arch"], r["budget"], r["method"]), []).append(r)
-    lines = ["| network | MACs budget | method | top-1 test (mean ± sd) | seeds | MMACs | params | ORT 1-thread p50 ms | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| network | MACs budget | method | top-1 test % (mean ± sd) | seeds | MMACs | budget use | params | ORT 1-thread p50 ms | start | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5}
     for (arch, budget, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], order.get(kv[0][2], 9))):
         accs = [r["test_acc"] * 100 for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        use = f"{statistics.mean(r['budget_use'] for r in rs):.1%}" if "budget_use" in rs[0] else ""
+        starts = ",".join(sorted({r.get("start", "") for r in rs} - {""}))
         lines.append(f"| {arch} | {budget:.0%} | {method} | {statistics.mean(accs):.2f} ± {sd:.2f} | {len(rs)} | "
-                     f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | {statistics.mean(r['params'] for r in rs) / 1e3:.1f}K | "
-                     f"{statistics.mean(r['latency_ms'] for r in rs):.3f} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+                     f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | {use} | {statistics.mean(r['params'] for r in rs) / 1e3:.1f}K | "
+                     f"{statistics.mean(r['latency_ms'] for r in rs):.3f} | {starts} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+    checks = [(r["arch"], r["budget"], r["rank_check"]) for r in rows if "rank_check" in r]
+    if checks:
+        lines += ["", "| network | MACs budget | PruningNet rank diagnostic: Spearman (score vs val top-1 after a short fine-tune) | structures | fine-tune epochs |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b:.0%} | {c['spearman']:.3f} | {c['n']} | {c['epochs']} |" for a, b, c in sorted(checks, key=lambda x: (x[0], -x[1]))]
+    phases = [(r["arch"], r["budget"], r["phase_seconds"]) for r in rows if "phase_seconds" in r and r["seed"] == 0]
+    if phases:
+        lines += ["", "| network | MACs budget | MetaPruning wall s per phase (seed 0) |", "|---|---|---|"]
+        lines += [f"| {a} | {b:.0%} | {', '.join(f'{k} {v:.0f}' for k, v in p.items())} |" for a, b, p in phases]
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    archs = sorted({r["arch"] for r in rows})
+    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.5), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for method in ("unpruned", "metapruning", "uniform", "l1", "tp_l1", "random"):
+            rs = [r for r in rows if r["arch"] == arch and r["method"] == method]
+            if rs:
+                ax.scatter([r["latency_ms"] for r in rs], [r["test_acc"] * 100 for r in rs], label=method, s=18, marker="*" if method == "unpruned" else "o")
+        ax.set_title(f"{arch}: test top-1 vs ONNX Runtime latency (1 thread, batch 1)")
+        ax.set_xlabel("latency p50 (ms)")
+        ax.set_ylabel("top-1 test (%)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

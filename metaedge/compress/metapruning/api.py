@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +21,13 @@ from metaedge.artifacts import atomic_write_json
 from metaedge.compress.cost import LayerSpec, count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning.dist import barrier, dist_info
-from metaedge.compress.metapruning.materialize import materialize, recalibrate_bn
+from metaedge.compress.metapruning.diagnostic import rank_check
 from metaedge.compress.metapruning.plot import plot_search
 from metaedge.compress.metapruning.pruningnet import PruningNet
+from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.search import SearchConfig, evolutionary_search
 from metaedge.compress.metapruning.space import DEFAULT_CHOICES, Pricer, WidthSpace
+from metaedge.compress.metapruning.starts import STARTS, start_model
 from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, score_candidate, train_pruningnet
 from metaedge.compress.train import TrainConfig, evaluate, fit
 from metaedge.data import DataSplits, make_loader
@@ -45,8 +47,12 @@ class PruneConfig:
     # PruningNet
     pruningnet_epochs: int = 3
     pruningnet_lr: float = 0.02  # low: the generators start as the trained weights
-    hidden: int = 8  # generator hidden size (paper: 32/64)
-    init_from_model: bool = True  # generator bias = the given (trained) weights
+    hidden: int = 32  # generator hidden size (paper: 32/64)
+    init_from_model: bool = True  # generator bias = the given (trained) weights; False: from scratch (paper)
+    sandwich: bool = True  # each step: largest + smallest in-band + random in-band, distilled in place
+    random_widths: int = 2  # random in-band width vectors per step
+    sandwich_largest: str = "full"  # the in-place teacher: the full network ("full") or the band's top ("band")
+    band: tuple[float, float] | None = None  # absolute costs the PruningNet trains for; None: around the budget
     batch_size: int = 64
     # search
     population: int = 50
@@ -54,12 +60,16 @@ class PruneConfig:
     parents: int = 10
     mutation_prob: float = 0.1
     recalib_batches: int = 20
+    search_floor: float = 0.95  # candidates are repaired into [floor * budget, budget] (baselines fill it alike)
+    rank_check: int = 0  # structures in the PruningNet rank diagnostic (0: off; the issue asks for >= 10)
+    rank_check_epochs: int = 1
     # fine-tune
     finetune_epochs: int = 10
     finetune_lr: float = 0.02
-    init_choice: bool = True  # fine-tune from the better of generated / inherited weights (else generated)
+    start: str = "best"  # fine-tune start: generated, inherited, scratch, or best (of generated / inherited on val)
     distill: float = 0.5  # KD weight from the unpruned model (PruningNet training and fine-tune); 0: off
-    seed: int = 0  # search and fine-tune
+    seed: int = 0  # fine-tune (and search, unless search_seed is set)
+    search_seed: int | None = None  # a search shared by several fine-tune seeds (benchmarks)
     pruningnet_seed: int = 0  # apart, so runs with several seeds can share one trained PruningNet
 
     def __post_init__(self) -> None:
@@ -73,13 +83,19 @@ class PruneConfig:
             raise MetaedgeError("bad prune search settings", "use channel_multiple, population, parents >= 1 and generations >= 0")
         if not 0 <= self.mutation_prob <= 1 or not 0 <= self.distill < 1:
             raise MetaedgeError("mutation_prob must lie in [0, 1] and distill in [0, 1)", "fix the prune preset")
+        if self.start not in (*STARTS, "best"):
+            raise MetaedgeError(f"unknown fine-tune start {self.start!r}", f"use one of {', '.join((*STARTS, 'best'))}")
+        if self.band is not None:
+            Band(*self.band)
 
 
 PRESETS: dict[str, PruneConfig] = {
     # CPU demo: the whole stage on MobileNetV2 / digits 16x16 in about 2 minutes.
-    "demo": PruneConfig(pruningnet_epochs=3, hidden=8, population=12, generations=3, parents=4, recalib_batches=4, finetune_epochs=4),
-    # Paper-like: population 50, 20 generations, top-10 parents, 31 width choices, ~100 recalibration batches.
-    "full": PruneConfig(pruningnet_epochs=32, hidden=32, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05),
+    "demo": PruneConfig(pruningnet_epochs=3, hidden=32, random_widths=1, population=12, generations=3, parents=4, recalib_batches=4, finetune_epochs=4),
+    # bench/pruning.py on Fashion-MNIST (CPU-sized: one PruningNet per network serves every budget).
+    "bench": PruneConfig(pruningnet_epochs=6, hidden=64, random_widths=2, population=20, generations=6, parents=6, recalib_batches=16, finetune_epochs=6),
+    # The paper's search: population 50, 20 generations, top-10 parents, 31 width choices, 100 recalibration batches.
+    "full": PruneConfig(pruningnet_epochs=32, hidden=64, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05),
 }
 
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
@@ -117,6 +133,7 @@ class PruneResult:
     search_accuracy: float = 0.0  # the winner's score with generated weights, before fine-tune
     init: str = "generated"  # which weights the fine-tune started from
     start_accuracy: dict[str, float] = field(default_factory=dict)  # val top-1 of each start, before fine-tune
+    rank_check: dict | None = None  # the PruningNet's rank diagnostic (diagnostic.RankCheck.summary())
 
     def summary(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "model"}
@@ -168,9 +185,13 @@ def prune_model(
     pn = PruningNet(model, analysis, hidden=cfg.hidden, init_from_model=cfg.init_from_model).to(device)
     teacher = copy.deepcopy(model).to(device).eval() if cfg.distill > 0 else None
     pn_cfg = PNTrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed)
+    band = Band(*cfg.band) if cfg.band is not None else Band.around([budget])
+    sampler = WidthSampler(space, cost_fn, band, cfg.random_widths, cfg.sandwich, largest=cfg.sandwich_largest)
     pn_ckpt = workdir / "pruningnet.pt"
     search_log = workdir / "search.jsonl"
-    sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden}
+    sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden,
+           "init_from_model": cfg.init_from_model, "sandwich": cfg.sandwich, "random_widths": cfg.random_widths, "largest": cfg.sandwich_largest,
+           "band": [band.lo, band.hi], "budget_kind": cfg.budget_kind}
     finished = False
     if pn_ckpt.exists():
         finished = int(torch.load(pn_ckpt, map_location="cpu", weights_only=True).get("epoch", 0)) >= cfg.pruningnet_epochs
@@ -178,14 +199,23 @@ def prune_model(
         for stale in (search_log, search_log.with_name("search_state.json"), *workdir.glob("finetune*.pt")):
             stale.unlink(missing_ok=True)  # scores of an older PruningNet are meaningless
     barrier(info)
-    train_pruningnet(pn, space, data.train, pn_cfg, pn_ckpt, teacher=teacher, info=info, quiet=quiet, signature=sig)
+    train_pruningnet(pn, space, data.train, pn_cfg, pn_ckpt, teacher=teacher, info=info, quiet=quiet, signature=sig, sampler=sampler)
     seconds["pruningnet"] = round(time.perf_counter() - t, 2)
+    recalib = recalib_batches(data.train, cfg.batch_size, cfg.recalib_batches, cfg.seed, info)
+    ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, distill_alpha=cfg.distill, seed=cfg.seed)
+    start_kind = "generated" if cfg.start == "best" else cfg.start
+    check = None
+    if cfg.rank_check > 0 and info.is_main:
+        t = time.perf_counter()
+        check = rank_check(pn, model, analysis, space, cost_fn, budget, data, recalib, replace(ft, epochs=cfg.rank_check_epochs),
+                           n=cfg.rank_check, start=start_kind, teacher=teacher, floor=cfg.search_floor, seed=cfg.seed).summary()
+        seconds["rank_check"] = round(time.perf_counter() - t, 2)
 
     # 2. search
     t = time.perf_counter()
-    recalib = recalib_batches(data.train, cfg.batch_size, cfg.recalib_batches, cfg.seed, info)
     describe = lambda w: {"macs": pricer.macs(w), "params": pricer.params(w)}  # noqa: E731
-    scfg = SearchConfig(population=cfg.population, generations=cfg.generations, parents=cfg.parents, mutation_prob=cfg.mutation_prob, seed=cfg.seed)
+    scfg = SearchConfig(population=cfg.population, generations=cfg.generations, parents=cfg.parents, mutation_prob=cfg.mutation_prob,
+                        floor=cfg.search_floor, seed=cfg.seed if cfg.search_seed is None else cfg.search_seed)
     from metaedge.compress.train import progress
 
     with progress(quiet or not info.is_main) as bar:
@@ -199,27 +229,21 @@ def prune_model(
                                   search_log, scfg, describe=describe, write=info.is_main, on_generation=on_gen)
     seconds["search"] = round(time.perf_counter() - t, 2)
 
-    # 3. materialise the winner with its generated weights, then fine-tune
+    # 3. materialise the winner, then fine-tune. "best": whichever start scores better on val after
+    # BN recalibration, the generated weights (MetaPruning) or the given model's own first-k
+    # channels; the structure is the search's either way.
     t = time.perf_counter()
-    pn.set_widths(res.widths)
-    pn.recalibrate([x.to(device) for x in recalib])
-    full = copy.deepcopy(model)
-    full.load_state_dict(pn.full_state_dict(model))
-    generated = materialize(full, analysis, analysis.crop_keep(res.widths))
-    del pn
-    # Fine-tune from whichever start scores better on val after BN recalibration: the generated
-    # weights (MetaPruning) or the given model's own first-k channels. With a short PruningNet
-    # training the inherited weights are sometimes the better start; the structure is the search's.
-    inherited = recalibrate_bn(materialize(model, analysis, analysis.crop_keep(res.widths)), recalib)
     val_loader = make_loader(data.val, 256, shuffle=False)
-    starts = {"generated": evaluate(generated, val_loader), "inherited": evaluate(inherited, val_loader)}
-    init = "generated" if starts["generated"] >= starts["inherited"] or not cfg.init_choice else "inherited"
-    small = generated if init == "generated" else inherited
-    ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, distill_alpha=cfg.distill, seed=cfg.seed)
+    kinds = ("generated", "inherited") if cfg.start == "best" else (cfg.start,)
+    candidates = {k: start_model(k, model, analysis, res.widths, recalib, pn=pn, seed=cfg.seed) for k in kinds}
+    del pn
+    starts = {k: evaluate(m, val_loader) for k, m in candidates.items()}
+    init = max(kinds, key=lambda k: (starts[k], k == "generated"))
+    small = candidates[init]
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     if cfg.finetune_epochs > 0:
         # one checkpoint per winning structure: a re-run with another budget must not load this one
-        tag = hashlib.sha1(json.dumps(res.widths, sort_keys=True).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(json.dumps([res.widths, cfg.seed], sort_keys=True).encode()).hexdigest()[:10]
         fit(small, train_loader, val_loader, ft, checkpoint=workdir / f"finetune-{tag}.pt" if info.is_main else None,
             teacher=teacher.cpu() if teacher is not None else None, desc="fine-tune", quiet=quiet or not info.is_main)
     small.eval()
@@ -231,7 +255,7 @@ def prune_model(
         chosen = next(r for r in res.records if tuple(r["genes"]) == res.genes)
         plot = plot_search(res.records, chosen, workdir / "search.png", budget if cfg.budget_kind == "macs" else None)
     result = PruneResult(small, res.widths, cost.macs, cost.params, pricer.base_macs, pricer.base_params, val_acc,
-                         search_log, plot, seconds, budget, res.accuracy, init, starts)
+                         search_log, plot, seconds, budget, res.accuracy, init, starts, check)
     if info.is_main:
         atomic_write_json(workdir / "prune_result.json", result.summary())
     return result

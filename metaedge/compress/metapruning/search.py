@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from metaedge.artifacts import atomic_write_json
-from metaedge.compress.metapruning.space import WidthSpace
+from metaedge.compress.metapruning.space import WidthSpace, repair
 from metaedge.errors import MetaedgeError
 
 __all__ = ["SearchConfig", "SearchResult", "evolutionary_search", "read_log"]
@@ -45,28 +45,6 @@ class SearchResult:
     cost: float
     records: list[dict] = field(default_factory=list)
     evaluated: int = 0  # candidates scored by this call (not taken from the log)
-
-
-def _repair(genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[str, int]], float], lo: float, hi: float, rng: random.Random) -> tuple[int, ...] | None:
-    """Narrow random genes until the cost fits, then widen random genes while it stays under budget
-    and below ``lo``: small random populations otherwise rarely come near the budget, and the
-    best networks almost always use most of it."""
-    g = list(genes)
-    while cost_fn(space.widths(g)) > hi:
-        idx = [i for i, v in enumerate(g) if v > 0]
-        if not idx:
-            return None
-        g[rng.choice(idx)] -= 1
-    open_ = [i for i, v in enumerate(g) if v < len(space.options[i]) - 1]
-    while open_ and cost_fn(space.widths(g)) < lo:
-        i = rng.choice(open_)
-        g[i] += 1
-        if cost_fn(space.widths(g)) > hi:
-            g[i] -= 1
-            open_.remove(i)
-        elif g[i] == len(space.options[i]) - 1:
-            open_.remove(i)
-    return tuple(g)
 
 
 def _rank(rec: dict) -> tuple:
@@ -143,7 +121,7 @@ def evolutionary_search(
             for _ in range(cfg.max_tries):
                 genes = make()
                 if cfg.floor > 0:
-                    genes = _repair(genes, space, cost_fn, cfg.floor * budget, budget, rng)
+                    genes = repair(genes, space, cost_fn, cfg.floor * budget, budget, rng)
                 if genes is not None and feasible(genes):
                     score(genes, gen)
                     break

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch.nn as nn
 
 from metaedge.compress.cost import LayerSpec, count_params, layer_specs
 from metaedge.compress.graph import GraphAnalysis
 
-__all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "round_width"]
+__all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "repair", "round_width"]
 
 DEFAULT_CHOICES: tuple[float, ...] = tuple(round(0.10 + 0.03 * i, 2) for i in range(31))  # paper: 0.10 .. 1.00
 
@@ -77,6 +77,28 @@ class WidthSpace:
         return {g: widths.get(g, grp.size) / grp.size for g, grp in self.analysis.groups.items()}
 
 
+def repair(genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[str, int]], float], lo: float, hi: float, rng: random.Random) -> tuple[int, ...] | None:
+    """Narrow random genes until the cost fits, then widen random genes while it stays under budget
+    and below ``lo``: small random populations otherwise rarely come near the budget, and the
+    best networks almost always use most of it."""
+    g = list(genes)
+    while cost_fn(space.widths(g)) > hi:
+        idx = [i for i, v in enumerate(g) if v > 0]
+        if not idx:
+            return None
+        g[rng.choice(idx)] -= 1
+    open_ = [i for i, v in enumerate(g) if v < len(space.options[i]) - 1]
+    while open_ and cost_fn(space.widths(g)) < lo:
+        i = rng.choice(open_)
+        g[i] += 1
+        if cost_fn(space.widths(g)) > hi:
+            g[i] -= 1
+            open_.remove(i)
+        elif g[i] == len(space.options[i]) - 1:
+            open_.remove(i)
+    return tuple(g)
+
+
 _PARAM_KINDS = ("conv", "linear", "bn")
 
 
@@ -98,6 +120,20 @@ class Pricer:
                 m = mods[name]
                 self._layer_bias[name] = getattr(m, "bias", None) is not None if info.kind != "bn" else m.affine
         self._kernels = {name: tuple(m.kernel_size) for name, m in mods.items() if isinstance(m, nn.Conv2d)}
+        # MACs as a sum of per-layer terms: the search and the PruningNet sampler price thousands of
+        # width vectors, and rebuilding every LayerSpec for each costs ~1.6 ms on MobileNetV2.
+        self._fixed_macs = 0
+        self._mac_terms: list[tuple[int, object, int, object, int, bool, int]] = []
+        for spec in self.base_specs:
+            info = analysis.layers.get(spec.name)
+            if spec.kind not in ("conv", "linear"):
+                continue
+            if info is None:
+                self._fixed_macs += spec.macs
+                continue
+            per = spec.out_hw[0] * spec.out_hw[1] * spec.kernel[0] * spec.kernel[1] if spec.kind == "conv" else 1
+            self._mac_terms.append((per, info.in_layout, spec.in_channels, info.out_layout, spec.out_channels,
+                                    spec.kind == "conv" and info.depthwise, spec.groups if spec.kind == "conv" else 1))
 
     def specs(self, widths: dict[str, int]) -> list[LayerSpec]:
         a = self.analysis
@@ -119,7 +155,17 @@ class Pricer:
         return out
 
     def macs(self, widths: dict[str, int]) -> int:
-        return sum(s.macs for s in self.specs(widths))
+        """``sum(s.macs for s in self.specs(widths))``, computed without building the specs."""
+        size = self.analysis.layout_size
+        total = self._fixed_macs
+        for per, in_layout, cin_full, out_layout, cout_full, depthwise, groups in self._mac_terms:
+            cout = size(out_layout, widths) if out_layout else cout_full
+            if depthwise:
+                total += per * cout
+                continue
+            cin = size(in_layout, widths) if in_layout else cin_full
+            total += per * cout * (cin // groups)
+        return total
 
     def params(self, widths: dict[str, int]) -> int:
         a, total = self.analysis, self.base_params - self._full_layer_params

@@ -1,4 +1,8 @@
-"""PruningNet training (a fresh random width vector every step) and candidate scoring.
+"""PruningNet training (fresh width vectors every step, see ``sampling``) and candidate scoring.
+
+With the sandwich sampler each step trains the largest network on the labels (and, when given,
+the trained model's soft targets) and distils its logits in place into the smallest in-band and
+the random in-band networks; gradients of all of them are summed into one optimizer step.
 
 Checkpointed atomically after every epoch and resumable. Under torchrun the PruningNet is wrapped
 in DistributedDataParallel with a DistributedSampler; the width vector of step ``s`` comes from
@@ -6,6 +10,7 @@ in DistributedDataParallel with a DistributedSampler; the width vector of step `
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -19,6 +24,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from metaedge.artifacts import atomic_path
 from metaedge.compress.metapruning.dist import DistInfo, all_reduce_sum, barrier
 from metaedge.compress.metapruning.pruningnet import PruningNet
+from metaedge.compress.metapruning.sampling import WidthSampler
 from metaedge.compress.metapruning.space import WidthSpace
 from metaedge.compress.train import kd_loss, make_sgd, progress, resume_checkpoint
 
@@ -35,6 +41,7 @@ class PNTrainConfig:
     label_smoothing: float = 0.1
     distill_alpha: float = 0.5  # KD from the given (trained) model; 0 disables
     distill_temperature: float = 4.0
+    inplace_distill: float = 1.0  # sandwich: weight of the largest network's soft targets for the others (rest: labels)
     seed: int = 0
 
 
@@ -53,8 +60,11 @@ def train_pruningnet(
     quiet: bool = False,
     signature: dict | None = None,
     stop_after: int | None = None,
+    sampler: WidthSampler | None = None,
 ) -> list[dict]:
-    """Train ``pn`` in place; returns per-epoch history. Resumes from ``checkpoint`` when present."""
+    """Train ``pn`` in place; returns per-epoch history. Resumes from ``checkpoint`` when present.
+
+    ``sampler`` gives each step's width vectors (default: one random vector from the whole space)."""
     from dataclasses import asdict
 
     device = next(pn.parameters()).device
@@ -67,16 +77,17 @@ def train_pruningnet(
         from torch.nn.parallel import DistributedDataParallel as DDP
         from torch.utils.data.distributed import DistributedSampler
 
-        sampler = DistributedSampler(train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        dist_sampler = DistributedSampler(train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=dist_sampler, drop_last=True)
         net: nn.Module = DDP(pn, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        sampler = None
+        dist_sampler = None
         gen = torch.Generator()
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
         net = pn
     if teacher is not None:
         teacher.eval()
+    sampler = sampler or WidthSampler(space, random_widths=1, sandwich=False)
     steps_per_epoch = len(loader)
     total = max(1, cfg.epochs * steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -85,8 +96,8 @@ def train_pruningnet(
         task = bar.add_task("pruningnet", total=total, completed=start * steps_per_epoch, info="")
         for epoch in range(start, cfg.epochs):
             pn.train()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            if dist_sampler is not None:
+                dist_sampler.set_epoch(epoch)
             else:
                 loader.generator.manual_seed(cfg.seed * 1000 + epoch)
             loss_sum = seen = 0.0
@@ -95,16 +106,30 @@ def train_pruningnet(
                 lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
                 for group in opt.param_groups:
                     group["lr"] = lr
-                pn.set_widths(space.widths(space.sample(_step_rng(cfg.seed, step))))
                 x, y = x.to(device), y.to(device)
-                out = net(x)
-                loss = criterion(out, y)
+                t_out = None
                 if teacher is not None and cfg.distill_alpha > 0:
                     with torch.no_grad():
                         t_out = teacher(x)
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd_loss(out, t_out, cfg.distill_temperature)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                widths = sampler(_step_rng(cfg.seed, step))
+                largest = None
+                for j, w in enumerate(widths):
+                    pn.set_widths(w)
+                    # DDP: reduce gradients once, after the last width's backward
+                    with net.no_sync() if info.enabled and j < len(widths) - 1 else contextlib.nullcontext():  # type: ignore[operator]
+                        out = net(x)
+                        if largest is not None and cfg.inplace_distill > 0:
+                            a = cfg.inplace_distill
+                            step_loss = (1 - a) * criterion(out, y) + a * kd_loss(out, largest, 1.0)
+                        else:
+                            step_loss = criterion(out, y)
+                            if t_out is not None:
+                                step_loss = (1 - cfg.distill_alpha) * step_loss + cfg.distill_alpha * kd_loss(out, t_out, cfg.distill_temperature)
+                        step_loss.backward()
+                    if j == 0:
+                        loss = step_loss.detach()
+                        largest = out.detach() if sampler.sandwich else None
                 opt.step()
                 loss_sum += loss.item() * len(y)
                 seen += len(y)
