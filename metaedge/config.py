@@ -34,8 +34,11 @@ class PipelineConfig:
     prune_preset: str = "demo"
     prune_latency: str | None = None  # latency budget on targets[0]: "2ms", "500us", or a fraction of the measured baseline ("0.6")
     quant: str | None = "w8a8"  # "w8a8", "w4a8", ...; None: no quantization
-    quantizer: str = "metaquant"
+    quantizer: str = "metaquant"  # "metaquant" | "ste" | "lsq" | "ptq"
     quant_preset: str = "demo"
+    quant_profile: str = "auto"  # QDQ export profile: "auto" (tensorrt when a backend needs it), "ort", "tensorrt"
+    quant_layer_bits: str = "default"  # per-layer bits: first, last, depthwise at 8 ("uniform": all at --quant's bits)
+    quant_kd: float | None = None  # distillation weight from the fp32 model (None: the preset's)
     targets: tuple[str, ...] = ("x86", "rpi4")
     device: str | None = None  # tracker-host:port/key or host:port for remote measurement
     backend: str = "auto"
@@ -48,8 +51,15 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.width_mult is not None and self.width_mult <= 0:
             raise MetaedgeError(f"width multiplier {self.width_mult} must be positive", "pass e.g. --width-mult 0.5")
-        if self.quantizer not in ("metaquant", "ste", "ptq"):
-            raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant, ste or ptq")
+        if self.quantizer not in ("metaquant", "ste", "lsq", "ptq"):
+            raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", "use --quantizer metaquant, ste, lsq or ptq")
+        if str(self.quant_profile).lower() not in ("auto", "ort", "tensorrt"):
+            raise MetaedgeError(f"unknown QDQ profile {self.quant_profile!r}", "use --quant-profile auto, ort or tensorrt")
+        from metaedge.compress.metaquant.policy import parse_bit_policy
+
+        parse_bit_policy(self.quant_layer_bits)
+        if self.quant_kd is not None and not 0.0 <= float(self.quant_kd) <= 1.0:
+            raise MetaedgeError(f"--quant-kd {self.quant_kd} is outside [0, 1]", "pass e.g. --quant-kd 0.5 (0: no distillation)")
         if self.prune_preset not in ("demo", "bench", "full") or self.quant_preset not in ("demo", "full"):
             raise MetaedgeError("prune presets are demo, bench or full; quant presets demo or full", "fix --prune-preset / --quant-preset")
         if self.quantizer == "ptq" and self.quant_enabled and str(self.quant).lower() != "w8a8":

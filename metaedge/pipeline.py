@@ -150,8 +150,12 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
         "accuracy": _accuracy(res.model, data),
         "search_accuracy": res.search_accuracy,
         "search_log": str(res.search_log),
+        "start": res.init,
+        "start_accuracy": res.start_accuracy,
         "seconds": res.seconds,
     }
+    if res.rank_check is not None:
+        info["rank_check"] = res.rank_check
     return res.model.eval(), info, res.plot
 
 
@@ -186,25 +190,79 @@ def _latency_budget(cfg: PipelineConfig, baseline: nn.Module, data: DataSplits, 
     return fn, budget, info
 
 
-def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool):
+def _qdq_profile(cfg: PipelineConfig) -> tuple[str, str]:
+    """The QDQ export profile for the backends this run compiles with (see deploy.qdq.choose_qdq_profile)."""
+    from metaedge.deploy.qdq import choose_qdq_profile
+    from metaedge.targets.registry import get_target
+
+    chosen = [b.strip() for b in cfg.backend.split(",") if b.strip()] if cfg.backend != "auto" else []
+    for name in cfg.targets:
+        backends = list(get_target(name).backends) if cfg.backend == "auto" else chosen
+        profile, why = choose_qdq_profile(cfg.quant_profile, backends)
+        if profile != "ort":
+            return profile, why if str(cfg.quant_profile).lower() != "auto" else f"{why} (target {name})"
+    return choose_qdq_profile(cfg.quant_profile, chosen)
+
+
+def _profile_accuracy(onnx_path: Path, data: DataSplits, profile: str) -> float:
+    """Test accuracy in ORT with the session the parity gate uses for ``profile`` (for tensorrt: no
+    int8 -> uint8 conversion, whose x86 kernels saturate; see deploy.qdq.ort_session)."""
+    from metaedge.deploy.qdq import ort_session
+
+    sess = ort_session(onnx_path, profile)
+    name = sess.get_inputs()[0].name
+    x, y = data.test.tensors
+    logits = np.concatenate([sess.run(None, {name: x[i : i + 128].numpy()})[0] for i in range(0, len(x), 128)])
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, fp32_onnx: Path, onnx_path: Path, workdir: Path, log: Log, quiet: bool) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """QAT (MetaQuant / STE / LSQ) or PTQ, written to ``onnx_path`` as QDQ in the profile the
+    backends need, behind the parity gate (and, for tensorrt, the Q/DQ placement rules).
+    Returns (model the parity gate compared against, quant info, parity report)."""
     from metaedge.compress import metaquant as mq
+    from metaedge.deploy.trt_qdq_rules import require_tensorrt_qdq
+
+    profile, why = _qdq_profile(cfg)
+    example = data.val.tensors[0][:1]
+    if cfg.quantizer == "ptq":
+        info = _stage_ptq(fp32_onnx, onnx_path, data, log, profile)
+        info["profile"], info["profile_reason"] = profile, why
+        if profile == "tensorrt":
+            info["tensorrt_rules"] = require_tensorrt_qdq(onnx_path, f"PTQ model {onnx_path.name}").to_dict()
+        info["accuracy"] = {"val": None, "test": _profile_accuracy(onnx_path, data, profile)}
+        parity = {"reference": "fp32 PyTorch (PTQ has no fake-quant model)", **check_parity(model, onnx_path, data.val.tensors[0], cfg.export, raise_on_fail=False).to_dict()}
+        return model, info, parity
+    from metaedge.deploy.qdq import check_qdq_fusion, check_qdq_parity, export_qdq
 
     wbits, abits = mq.parse_quant_spec(str(cfg.quant))
-    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits))
-    log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.weight_quantizer} weights), preset {cfg.quant_preset}")
-    res = mq.quantize_model(model, data, qcfg, workdir, quiet=quiet)
-    info = {"method": cfg.quantizer, "weight_bits": wbits, "act_bits": abits, "weight_quantizer": qcfg.weight_quantizer, "accuracy": {"val": res.val_accuracy, "test": res.test_accuracy}, "seconds": round(res.seconds, 2)}
-    return res.model.eval(), info
+    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits),
+                   profile=profile, layer_bits=cfg.quant_layer_bits, **({} if cfg.quant_kd is None else {"kd_alpha": cfg.quant_kd}))
+    log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.effective_weight_quantizer} weights, layer bits {mq.parse_bit_policy(qcfg.layer_bits).to_spec()}), "
+        f"{profile} QDQ profile ({why}), preset {cfg.quant_preset}")
+    tag = hashlib.sha256(json.dumps(asdict(qcfg), sort_keys=True).encode()).hexdigest()[:8]
+    res = mq.quantize_model(model, data, qcfg, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.quant_preset}-{cfg.prune_macs}-{tag}", quiet=quiet)
+    export = export_qdq(res.model, example, onnx_path, profile=profile)
+    parity = check_qdq_parity(res.model, onnx_path, data.val.tensors[0])
+    info = {
+        "method": cfg.quantizer, "weight_bits": wbits, "act_bits": abits, "weight_quantizer": qcfg.effective_weight_quantizer,
+        "profile": profile, "profile_reason": why, "layer_bits": mq.parse_bit_policy(qcfg.layer_bits).to_spec(),
+        "kd_alpha": qcfg.kd_alpha, "layers": res.layers, "packed_bytes": res.packed_bytes,
+        "accuracy": {"val": res.val_accuracy, "test": res.test_accuracy}, "seconds": round(res.seconds, 2), "export": export,
+    }
+    if profile == "ort":
+        info["fusion"] = check_qdq_fusion(onnx_path)
+    return res.model.eval(), info, parity
 
 
-def _stage_ptq(fp32_onnx: Path, onnx_path: Path, data: DataSplits, log: Log) -> dict[str, Any]:
+def _stage_ptq(fp32_onnx: Path, onnx_path: Path, data: DataSplits, log: Log, profile: str = "ort") -> dict[str, Any]:
     """Post-training int8 (ONNX Runtime's quantize_static, QDQ, per-channel) on training batches."""
     from metaedge.compress.metaquant.ptq import quantize_ptq
 
-    log("quant: post-training int8 with ONNX Runtime quantize_static (QDQ, per-channel), 8 calibration batches of 32")
+    log(f"quant: post-training int8 with ONNX Runtime quantize_static (QDQ, per-channel, {profile} profile), 8 calibration batches of 32")
     x = data.train.tensors[0]
     t0 = time.perf_counter()
-    quantize_ptq(fp32_onnx, onnx_path, [x[i : i + 32].numpy() for i in range(0, min(len(x), 256), 32)])
+    quantize_ptq(fp32_onnx, onnx_path, [x[i : i + 32].numpy() for i in range(0, min(len(x), 256), 32)], profile=profile)
     return {"method": "ptq", "weight_bits": 8, "act_bits": 8, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -267,19 +325,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
         export_onnx(fp32_model, example, fp32_onnx, cfg.export)
         check_parity(fp32_model, fp32_onnx, data.val.tensors[0], cfg.export)
         out.record_file("model_fp32.onnx", "fp32 model before quantization (for comparison)")
-        if cfg.quantizer == "ptq":
-            quant_info = _stage_ptq(fp32_onnx, onnx_path, data, log)
-            quant_info["accuracy"] = {"val": None, "test": _onnx_accuracy(onnx_path, data)}
-            parity = {"reference": "fp32 PyTorch (PTQ has no fake-quant model)", **check_parity(fp32_model, onnx_path, data.val.tensors[0], cfg.export, raise_on_fail=False).to_dict()}
-            final_torch = fp32_model
-        else:
-            from metaedge.deploy.qdq import check_qdq_parity, check_qdq_fusion, export_qdq
-
-            qmodel, quant_info = _stage_quant(cfg, model, data, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.quant_preset}-{cfg.prune_macs}", log, quiet)
-            quant_info["export"] = export_qdq(qmodel, example, onnx_path)
-            parity = check_qdq_parity(qmodel, onnx_path, data.val.tensors[0])
-            quant_info["fusion"] = check_qdq_fusion(onnx_path)
-            final_torch = qmodel
+        final_torch, quant_info, parity = _stage_quant(cfg, model, data, fp32_onnx, onnx_path, workdir, log, quiet)
         out.update(stages={"quant": quant_info})
     else:
         export_onnx(fp32_model, example, onnx_path, cfg.export)

@@ -1,4 +1,5 @@
-"""MetaQuant training: the meta network learns through the quantized forward pass, STE switch, checkpoint + resume."""
+"""QAT training: the meta network learns through the quantized forward pass, STE and LSQ, SGD and
+Adam (MetaQuant's W_meta is the optimiser's next weight), BN live, distillation, checkpoint + resume."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from metaedge.compress.metaquant import QuantConfig, quantize_model
 from metaedge.compress.metaquant.meta import MetaNet
-from metaedge.compress.metaquant.qat import calibrate, prepare_qat, quant_layers, train_qat
+from metaedge.compress.metaquant.qat import _update_of, calibrate, prepare_qat, quant_layers, train_qat
 from metaedge.data import DataSplits, make_loader
 from metaedge.errors import MetaedgeError
 
@@ -45,7 +46,7 @@ def splits():
 
 def prepared(bits=2, kind="symmetric"):
     torch.manual_seed(0)
-    m = prepare_qat(Tiny().eval(), kind, bits, first_last_bits=None)
+    m = prepare_qat(Tiny().eval(), kind, bits, policy="uniform")
     x, _ = toy_data()
     calibrate(m, [x[:64]], 1)
     return m
@@ -146,6 +147,69 @@ def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_meta_weight_is_the_optimisers_next_weight(name):
+    """W_meta = W - update(mg): with Adam the update is the bias-corrected moment ratio from the
+    optimiser's own state, so W_meta equals W after opt.step() -- and it is differentiable in mg."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(5, 3))
+    opt = torch.optim.Adam([p], lr=0.01) if name == "adam" else torch.optim.SGD([p], lr=0.01)
+    for _ in range(3):  # populate the moments
+        p.grad = torch.randn(5, 3)
+        opt.step()
+    mg = torch.randn(5, 3, requires_grad=True)
+    delta = _update_of(opt, p, mg, 0.01)
+    delta.sum().backward()
+    assert mg.grad is not None and mg.grad.abs().sum() > 0
+    before = p.detach().clone()
+    p.grad = mg.detach().clone()
+    opt.step()
+    assert torch.allclose(p.detach(), before - delta.detach(), atol=1e-6)
+
+
+def test_ste_with_adam_and_live_bn_trains():
+    m = prepared()
+    bn = next(layer.bn for _, layer in quant_layers(m) if layer.bn is not None)
+    stats = bn.running_mean.clone()
+    tl, vl = loaders()
+    out = train_qat(m, tl, vl, method="ste", epochs=2, lr=1e-3, optimizer="adam", quiet=True)
+    assert out["val_accuracy"] > 0.5
+    assert not torch.equal(stats, bn.running_mean)  # BN ran on batch statistics and kept tracking
+    with pytest.raises(MetaedgeError):
+        train_qat(m, tl, vl, method="ste", epochs=1, lr=1e-3, optimizer="rmsprop", quiet=True)
+
+
+def test_lsq_learns_its_steps():
+    m = prepare_qat(Tiny().eval(), "lsq", 2, policy="uniform", learn_act_scale=True)
+    x, _ = toy_data()
+    calibrate(m, [x[:64]], 1)
+    steps = {n: layer.wq.step.detach().clone() for n, layer in quant_layers(m)}
+    act = m.act_quant_1.scale.detach().clone()
+    assert all(f"{n}.wq.step" in m.state_dict() for n in steps)  # saved with the model
+    tl, vl = loaders()
+    out = train_qat(m, tl, vl, method="lsq", epochs=3, lr=0.02, quiet=True)
+    assert out["val_accuracy"] > 0.5
+    assert all(not torch.equal(steps[n], layer.wq.step) for n, layer in quant_layers(m))
+    assert not torch.equal(act, m.act_quant_1.scale.detach())  # learned after the observing epoch
+
+
+def test_distillation_from_a_teacher_enters_the_loss():
+    tl, vl = loaders()
+    teacher = Tiny().eval()
+    losses = {}
+    for alpha in (0.0, 1.0):
+        seen = []
+        train_qat(prepared(), tl, vl, method="ste", epochs=1, lr=0.05, teacher=teacher, kd_alpha=alpha, quiet=True, on_step=lambda s: seen.append(s["loss"]))
+        losses[alpha] = seen[0]
+    assert losses[0.0] != pytest.approx(losses[1.0])
+
+
+def test_on_epoch_adds_metrics_to_the_history():
+    tl, vl = loaders()
+    out = train_qat(prepared(), tl, vl, method="ste", epochs=2, lr=0.05, quiet=True, on_epoch=lambda e, m: {"test_accuracy": 0.5 + e, "training": m.training})
+    assert [h["test_accuracy"] for h in out["history"]] == [0.5, 1.5] and not any(h["training"] for h in out["history"])
+
+
 def test_quantize_model_entry_point(tmp_path):
     d = splits()
     torch.manual_seed(0)
@@ -158,3 +222,8 @@ def test_quantize_model_entry_point(tmp_path):
     for k, v in model.state_dict().items():  # the caller's model is untouched
         assert torch.equal(v, snapshot[k])
     assert len(quant_layers(res.model)) == 3
+    # default policy: the first conv and the last linear keep 8 bits (a 7-bit grid in the default
+    # ort profile); BN-folded layers have a bias
+    assert [(r["name"], r["bits"], r["why"], r["bn_folded"]) for r in res.layers] == [
+        ("c1.0", 7, "first; ort profile: 8 -> 7 bits", True), ("c2", 4, "body", True), ("fc", 7, "last; ort profile: 8 -> 7 bits", False)]
+    assert res.packed_bytes == sum(r["packed_bytes"] for r in res.layers) == res.to_dict()["packed_bytes"]

@@ -1,4 +1,5 @@
-"""Weight and activation quantizers: levels and ranges per k, exact scale*int, ONNX rounding."""
+"""Weight and activation quantizers: levels and ranges per k, exact scale*int, ONNX rounding, each
+quantizer's backward pinned to the standard straight-through estimator, LSQ, the per-layer bit policy."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from metaedge.compress.metaquant import QuantConfig, parse_quant_spec
-from metaedge.compress.metaquant.quantizers import ActFakeQuant, make_weight_quantizer
+from metaedge.compress.metaquant.policy import BitPolicy, LayerRole, parse_bit_policy
+from metaedge.compress.metaquant.quantizers import ActFakeQuant, LSQQuantizer, make_weight_quantizer
 from metaedge.errors import MetaedgeError
 
 
@@ -77,12 +79,111 @@ def test_bwn_is_mean_abs_times_sign():
         make_weight_quantizer("symmetric", 1)
 
 
-@pytest.mark.parametrize("kind,bits", [("symmetric", 4), ("dorefa", 2), ("bwn", 1)])
-def test_straight_through_gradient(kind, bits):
+def _grad(wq, w, g):
+    w = w.clone().requires_grad_(True)
+    (wq.fake(w) * g).sum().backward()
+    return w.grad
+
+
+def test_bwn_backward_is_the_identity():
+    """The standard BWN STE: dL/dW = dL/dW_hat. (It used to be alpha_c * g -- the scale detached
+    inside the sign -- a per-channel learning-rate cut of 10-30x after BN folding.)"""
+    wq = make_weight_quantizer("bwn", 1)
+    w, g = _w(seed=3), torch.randn(6, 4, 3, 3)
+    grad = _grad(wq, w, g)
+    assert torch.allclose(grad, g, rtol=1e-6, atol=0)  # g / alpha * alpha: equal up to float rounding
+    alpha = w.abs().reshape(6, -1).mean(1).reshape(-1, 1, 1, 1)
+    assert not torch.allclose(grad, alpha * g)
+
+
+def test_dorefa_backward_is_the_tanh_chain_rule_with_identity_rounding():
+    """Identity through the rounding, chain rule through tanh(W/a)/(2 max|tanh|) + 1/2 and the map
+    back to [-a, a]: (1 - tanh^2) / max|tanh|, the paper's calibration term."""
+    for bits in (1, 2, 4):
+        wq = make_weight_quantizer("dorefa", bits)
+        w, g = _w(seed=4), torch.randn(6, 4, 3, 3)
+        alpha = w.abs().reshape(6, -1).amax(1).reshape(-1, 1, 1, 1)
+        t = torch.tanh(w / alpha)
+        tmax = t.abs().reshape(6, -1).amax(1).reshape(-1, 1, 1, 1)
+        expected = g * (1 - t * t) / tmax
+        assert torch.allclose(_grad(wq, w, g), expected, rtol=1e-5, atol=1e-6), bits
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_symmetric_backward_is_the_identity_clipped_where_the_grid_clips(bits):
+    wq = make_weight_quantizer("symmetric", bits)
+    w, g = _w(seed=5), torch.randn(6, 4, 3, 3)
+    q, scale = wq(w)
+    inside = (torch.round(w / scale).abs() <= wq.qmax).float()
+    grad = _grad(wq, w, g)
+    assert torch.allclose(grad, g * inside, rtol=1e-6, atol=0)
+    if bits == 8:
+        assert inside.all()  # absmax grid: nothing clipped, the channel extremes keep their gradient
+    else:
+        assert (inside == 0).any()  # the MSE clip cuts the tails, and their gradient
+
+
+@pytest.mark.parametrize("kind,bits", [("symmetric", 2), ("symmetric", 8), ("dorefa", 1), ("dorefa", 4), ("bwn", 1)])
+def test_calib_term_is_the_ste_jacobian(kind, bits):
+    """MetaQuant multiplies its meta gradient by calib(W); with an identity meta net it is STE."""
     wq = make_weight_quantizer(kind, bits)
-    w = _w(seed=3).requires_grad_(True)
-    wq.fake(w).sum().backward()
-    assert w.grad is not None and w.grad.abs().sum() > 0
+    w, g = _w(seed=6), torch.randn(6, 4, 3, 3)
+    assert torch.allclose(_grad(wq, w, g), wq.calib(w) * g, rtol=1e-5, atol=1e-6)
+
+
+def test_activation_backward_is_the_clipped_identity():
+    fq = ActFakeQuant(8, symmetric=True)
+    fq.observe = True
+    fq(torch.linspace(-1, 1, 100))
+    fq.observe = False
+    x = torch.linspace(-2, 2, 101, requires_grad=True)
+    fq(x).sum().backward()
+    scale, _ = fq.qparams()
+    inside = (torch.round(x.detach() / scale) >= -128) & (torch.round(x.detach() / scale) <= 127)
+    assert torch.equal(x.grad, inside.float()) and (~inside).any()
+
+
+def test_lsq_weights_learned_step_and_its_gradient():
+    w = _w(seed=7)
+    lsq = LSQQuantizer(4, w)
+    sym = make_weight_quantizer("symmetric", 4)
+    assert torch.allclose(lsq.step.detach(), sym(w)[1])  # initialised at the MSE-best step
+    assert (lsq.qmin, lsq.qmax, lsq.levels()) == (-8, 7, 16)
+    wg = w.clone().requires_grad_(True)
+    g = torch.randn_like(w)
+    (lsq.fake(wg) * g).sum().backward()
+    s = lsq.step.detach()
+    n = torch.round(w / s)
+    inside = (n >= -8) & (n <= 7)
+    assert torch.allclose(wg.grad, g * inside.float(), rtol=1e-6, atol=0)  # identity inside the grid, 0 outside
+    # dL/ds = gscale * sum(g * (round(v) - v)) inside, g * Qp / -Qn outside (Esser et al., eq. 3)
+    v = w / s
+    ds = torch.where(inside, n - v, torch.where(n > 7, torch.full_like(v, 7.0), torch.full_like(v, -8.0)))
+    expected = (g * ds).reshape(6, -1).sum(1).reshape(s.shape) / (w[0].numel() * 7) ** 0.5
+    assert torch.allclose(lsq.step.grad, expected, rtol=1e-4, atol=1e-6)
+    one = LSQQuantizer(1, w)
+    assert torch.allclose(one.step.detach(), w.abs().reshape(6, -1).mean(1).reshape(-1, 1, 1, 1))
+    q, _ = one(w)
+    assert set(torch.unique(q).tolist()) <= {-1.0, 1.0}
+    with pytest.raises(MetaedgeError):
+        LSQQuantizer(9, w)
+
+
+def test_bit_policy_specs():
+    assert parse_bit_policy("default") == BitPolicy() == parse_bit_policy(None)
+    uni = parse_bit_policy("uniform")
+    assert (uni.first, uni.last, uni.depthwise) == (None, None, None)
+    p = parse_bit_policy("first=8,depthwise=same,layer3.*=4, head=w2")
+    assert (p.first, p.last, p.depthwise, p.layers) == (8, 8, None, (("layer3.*", 4), ("head", 2)))
+    assert parse_bit_policy(p.to_spec()) == p
+    body = LayerRole("layer2.0.conv1", False, False, False)
+    assert BitPolicy().bits_for(body, 2) == (2, "body")
+    assert BitPolicy().bits_for(LayerRole("features.1.conv.0", False, False, True), 2) == (8, "depthwise")
+    assert BitPolicy().bits_for(LayerRole("conv1", True, False, False), 1) == (8, "first")
+    assert p.bits_for(LayerRole("layer3.1.conv2", False, False, False), 2) == (4, "pattern layer3.*")
+    for bad in ("first", "first=3", "=8", "last=x"):
+        with pytest.raises(MetaedgeError):
+            parse_bit_policy(bad)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -135,6 +236,11 @@ def test_parse_quant_spec():
 
 def test_quant_config_validates():
     QuantConfig(weight_bits=1, weight_quantizer="bwn")
+    assert QuantConfig(method="lsq", weight_bits=2).effective_weight_quantizer == "lsq"
+    assert QuantConfig(profile="tensorrt").act_symmetric and not QuantConfig().act_symmetric
+    for bad in ({"profile": "trt"}, {"optimizer": "rmsprop"}, {"layer_bits": "first=3"}, {"kd_alpha": 2.0}):
+        with pytest.raises(MetaedgeError):
+            QuantConfig(**bad)
     with pytest.raises(MetaedgeError):
         QuantConfig(weight_bits=8, weight_quantizer="dorefa")
     with pytest.raises(MetaedgeError):

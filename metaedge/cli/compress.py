@@ -36,8 +36,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-preset", choices=("demo", "bench", "full"), help="PruningNet/search/fine-tune effort")
     g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
-    g.add_argument("--quantizer", choices=("metaquant", "ste", "ptq"), help="QAT with MetaQuant (default) or STE, or post-training int8 (ptq, w8a8 only)")
+    g.add_argument("--quantizer", choices=("metaquant", "ste", "lsq", "ptq"), help="QAT with MetaQuant (default), STE or LSQ (learned step sizes), or post-training int8 (ptq, w8a8 only)")
     g.add_argument("--quant-preset", choices=("demo", "full"))
+    g.add_argument("--quant-profile", choices=("auto", "ort", "tensorrt"), help="QDQ export profile: ort (uint8 activations, ONNX Runtime's fused kernels), tensorrt (symmetric int8, TensorRT's explicit quantization); auto (default): tensorrt when a backend to compile with needs it (--backend tensorrt, Jetson and CUDA targets)")
+    g.add_argument("--quant-layer-bits", metavar="SPEC", help="per-layer weight bits: 'default' (first, last and depthwise layers at 8), 'uniform' (all at --quant's bits), or items like first=8,depthwise=same,layer3.*=4")
+    g.add_argument("--quant-kd", type=float, metavar="ALPHA", help="weight of distillation from the fp32 model during QAT, 0..1 (default 0.5; 0: labels only)")
     g = p.add_argument_group("targets and measurement")
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
@@ -57,7 +60,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from metaedge.errors import MetaedgeError
 
     o: dict[str, Any] = {}
-    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "quant", "quantizer", "quant_preset", "device", "backend", "seed"):
+    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "quant", "quantizer", "quant_preset", "quant_profile", "quant_layer_bits", "quant_kd", "device", "backend", "seed"):
         v = getattr(args, flag)
         if v is not None:
             o[flag] = v

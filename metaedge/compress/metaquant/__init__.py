@@ -1,12 +1,15 @@
 """MetaQuant quantization-aware training (Chen, Wang, Pan, NeurIPS 2019) with deployable int8 output.
 
 Entry point for the pipeline: :func:`quantize_model` turns a trained fp32 model into a fake-quant
-model (BN folded, k-bit per-channel weights, 8-bit activations) trained with MetaQuant or STE;
-:func:`metaedge.deploy.qdq.export_qdq` writes it as QDQ ONNX. ``parse_quant_spec("w4a8")`` reads the
-CLI's spec; :data:`PRESETS` holds the demo and full settings.
+model (BN live during QAT and folded at export, k-bit per-channel weights with first, last and
+depthwise layers at 8 bits by default, 8-bit activations) trained with MetaQuant, STE or LSQ, with
+optional distillation from the fp32 model; :func:`metaedge.deploy.qdq.export_qdq` writes it as QDQ
+ONNX in the ``ort`` or ``tensorrt`` profile it was prepared for. ``parse_quant_spec("w4a8")`` reads
+the CLI's spec; :data:`PRESETS` holds the demo and full settings.
 """
 from __future__ import annotations
 
+import copy
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -16,54 +19,84 @@ import torch
 import torch.nn as nn
 
 from metaedge.compress.metaquant.meta import META_VARIANTS, MetaNet, make_meta_net
+from metaedge.compress.metaquant.policy import BitPolicy, parse_bit_policy
+from metaedge.compress.metaquant.profiles import PROFILES, QdqProfile, get_profile
+from metaedge.compress.metaquant.qat import METHODS, OPTIMIZERS
 from metaedge.compress.metaquant.quantizers import WEIGHT_QUANTIZERS, ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
 
 __all__ = [
     "ActFakeQuant",
+    "BitPolicy",
     "META_VARIANTS",
+    "METHODS",
     "MetaNet",
+    "OPTIMIZERS",
     "PRESETS",
+    "PROFILES",
+    "QdqProfile",
     "QuantConfig",
     "QuantResult",
     "WEIGHT_QUANTIZERS",
     "default_weight_quantizer",
+    "get_profile",
     "make_meta_net",
     "make_weight_quantizer",
+    "parse_bit_policy",
     "parse_quant_spec",
     "quantize_model",
 ]
-
 
 @dataclass(frozen=True)
 class QuantConfig:
     weight_bits: int = 8
     act_bits: int = 8
-    weight_quantizer: str = "symmetric"  # "symmetric" | "dorefa" | "bwn"
-    method: str = "metaquant"  # "metaquant" | "ste"
+    weight_quantizer: str = "symmetric"  # "symmetric" | "dorefa" | "bwn" (method "lsq" always uses "lsq")
+    method: str = "metaquant"  # "metaquant" | "ste" | "lsq"
     meta_variant: str = "fc"  # "fc" | "multifc" | "lstmfc"
     meta_hidden: int = 100
     epochs: int = 3
-    lr: float = 0.002  # SGD on the BN-folded model (no BN to absorb steps): 0.01 sent w2 ResNet-20 to chance, 0.002 reached 94%
+    optimizer: str = "sgd"  # for the weights: "sgd" (momentum 0.9, cosine) | "adam"
+    lr: float = 0.005  # BN stays live during QAT, so steps are absorbed as in normal fine-tuning
     meta_lr: float = 1e-3  # Adam, as in the paper
     weight_decay: float = 5e-5
     batch_size: int = 64
     calib_batches: int = 8
-    act_symmetric: bool = False  # True: int8 zero-point-0 activations (TensorRT); False: uint8 (ORT fast path)
-    learn_act_scale: bool = False
-    first_last_bits: int | None = 8
+    profile: str = "ort"  # QDQ export profile: "ort" (uint8 activations, int32 biases) | "tensorrt"
+    layer_bits: str = "default"  # per-layer bit policy (metaedge.compress.metaquant.policy): first, last, depthwise at 8
+    kd_alpha: float = 0.5  # weight of distillation from the fp32 model (0: labels only)
+    kd_temperature: float = 4.0
+    learn_act_scale: bool | None = None  # None: learned (LSQ) for method "lsq", observed (EMA min/max) otherwise
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.act_bits != 8:
             raise MetaedgeError(f"activations at {self.act_bits} bits are not supported", "use a8 (int8/uint8 activations), e.g. w4a8")
-        if self.method not in ("metaquant", "ste"):
-            raise MetaedgeError(f"unknown quantization method {self.method!r}", "use 'metaquant' or 'ste'")
+        if self.method not in METHODS:
+            raise MetaedgeError(f"unknown quantization method {self.method!r}", f"use one of {', '.join(METHODS)}")
         if self.meta_variant not in META_VARIANTS:
             raise MetaedgeError(f"unknown meta network variant {self.meta_variant!r}", f"use one of {', '.join(META_VARIANTS)}")
-        make_weight_quantizer(self.weight_quantizer, self.weight_bits)  # validates the bits/quantizer pair
+        if self.optimizer not in OPTIMIZERS:
+            raise MetaedgeError(f"unknown QAT optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
+        make_weight_quantizer(self.effective_weight_quantizer, self.weight_bits)  # validates the bits/quantizer pair
+        get_profile(self.profile)
+        parse_bit_policy(self.layer_bits)
         if self.epochs < 0 or self.lr <= 0 or self.meta_lr <= 0 or self.calib_batches < 1 or self.batch_size < 1:
             raise MetaedgeError(f"bad quantization settings (epochs={self.epochs}, lr={self.lr}, meta_lr={self.meta_lr}, calib_batches={self.calib_batches})", "use epochs >= 0, lr > 0, meta_lr > 0, calib_batches >= 1")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise MetaedgeError(f"bad distillation settings (kd_alpha={self.kd_alpha}, kd_temperature={self.kd_temperature})", "use 0 <= kd_alpha <= 1 and kd_temperature > 0")
+
+    @property
+    def effective_weight_quantizer(self) -> str:
+        return "lsq" if self.method == "lsq" else self.weight_quantizer
+
+    @property
+    def act_symmetric(self) -> bool:
+        return get_profile(self.profile).act_symmetric
+
+    @property
+    def learns_act_scale(self) -> bool:
+        return self.method == "lsq" if self.learn_act_scale is None else bool(self.learn_act_scale)
 
 
 def default_weight_quantizer(weight_bits: int) -> str:
@@ -103,6 +136,11 @@ class QuantResult:
     config: QuantConfig
     history: list[dict] | None = None
     calib_val_accuracy: float | None = None  # after calibration, before any training (PTQ in torch)
+    layers: list[dict] | None = None  # per-layer bits, quantizer, why, packed bytes
+
+    @property
+    def packed_bytes(self) -> int:
+        return sum(r["packed_bytes"] for r in self.layers or [])
 
     def to_dict(self) -> dict:
         return {
@@ -112,15 +150,18 @@ class QuantResult:
             "calib_val_accuracy": self.calib_val_accuracy,
             "config": asdict(self.config),
             "history": self.history,
+            "layers": self.layers,
+            "packed_bytes": self.packed_bytes,
         }
 
 
-def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quiet: bool = False) -> QuantResult:
-    """Fold BN, insert fake quantizers, calibrate on ``cfg.calib_batches`` training batches and
-    train ``cfg.epochs`` epochs with MetaQuant (or STE). ``model`` is not modified. The QAT stage
-    checkpoints to ``workdir/qat.ckpt`` after every epoch and resumes from it when rerun with the
-    same config."""
-    from metaedge.compress.metaquant.qat import calibrate, prepare_qat, train_qat
+def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quiet: bool = False, on_epoch=None) -> QuantResult:
+    """Insert fake quantizers (BN kept live), calibrate on ``cfg.calib_batches`` training batches and
+    train ``cfg.epochs`` epochs with MetaQuant, STE or LSQ, distilling from ``model`` when
+    ``cfg.kd_alpha > 0``. ``model`` is not modified. The QAT stage checkpoints to
+    ``workdir/qat.ckpt`` after every epoch and resumes from it when rerun with the same config.
+    ``on_epoch(epoch, qmodel) -> dict`` adds per-epoch metrics to the history (see train_qat)."""
+    from metaedge.compress.metaquant.qat import calibrate, layer_table, prepare_qat, train_qat
     from metaedge.compress.train import evaluate
     from metaedge.data import make_loader
 
@@ -129,7 +170,8 @@ def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quie
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     was = model.training
-    qmodel = prepare_qat(model, cfg.weight_quantizer, cfg.weight_bits, cfg.act_symmetric, cfg.learn_act_scale, cfg.first_last_bits)
+    qmodel = prepare_qat(model, cfg.effective_weight_quantizer, cfg.weight_bits, policy=cfg.layer_bits, profile=cfg.profile, learn_act_scale=cfg.learns_act_scale)
+    teacher = copy.deepcopy(model).eval() if cfg.kd_alpha > 0 and cfg.epochs > 0 else None
     model.train(was)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(data.train) > cfg.batch_size)
     val_loader = make_loader(data.val, 256, shuffle=False)
@@ -142,10 +184,10 @@ def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quie
         out = train_qat(
             qmodel, train_loader, val_loader,
             method=cfg.method, meta_variant=cfg.meta_variant, epochs=cfg.epochs, lr=cfg.lr, meta_lr=cfg.meta_lr,
-            weight_decay=cfg.weight_decay, meta_hidden=cfg.meta_hidden, seed=cfg.seed,
-            checkpoint=workdir / "qat.ckpt", config=asdict(cfg), quiet=quiet,
+            optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, meta_hidden=cfg.meta_hidden, seed=cfg.seed,
+            teacher=teacher, kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature,
+            checkpoint=workdir / "qat.ckpt", config=asdict(cfg), quiet=quiet, on_epoch=on_epoch,
         )
         history = out["history"]
     qmodel.eval()
-    return QuantResult(qmodel, evaluate(qmodel, val_loader), evaluate(qmodel, test_loader), time.perf_counter() - t0, cfg, history, calib_acc)
-
+    return QuantResult(qmodel, evaluate(qmodel, val_loader), evaluate(qmodel, test_loader), time.perf_counter() - t0, cfg, history, calib_acc, layer_table(qmodel))

@@ -1,15 +1,25 @@
 """Post-training quantization baseline: ONNX Runtime's ``quantize_static`` on the fp32 ONNX.
 
-QDQ format, int8 per-channel weights, uint8 activations (ORT's defaults, its fast CPU path),
-calibrated with MinMax on the same training batches the QAT path calibrates with. The fp32 model
-is pre-processed first (``quant_pre_process``: shape inference + ORT graph optimisation, which
-folds BN), as ORT recommends.
+QDQ format, 8-bit per-channel weights, calibrated with MinMax on the same training batches the QAT
+path calibrates with, in one of the two export profiles (see
+:mod:`metaedge.compress.metaquant.profiles`):
+
+* ``ort``: uint8 activations with zero points; symmetric int8 weights on a 7-bit grid
+  (``reduce_range``): a full 8-bit grid can saturate ORT's x86 u8s8 kernels (the same rule as
+  the QAT export, see :mod:`metaedge.compress.metaquant.profiles`).
+* ``tensorrt``: symmetric int8 activations and weights (zero point 0), float weights kept behind
+  QuantizeLinear -> DequantizeLinear (``AddQDQPairToWeight``), float biases (``QuantizeBias``
+  off), one Q/DQ pair per consumer (``DedicatedQDQPair``) -- ORT's documented TensorRT settings.
+  The caller checks the result with :mod:`metaedge.deploy.trt_qdq_rules`.
+
+The fp32 model is pre-processed first (``quant_pre_process``: shape inference + ORT graph
+optimisation, which folds BN), as ORT recommends.
 """
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -38,13 +48,35 @@ class BatchReader:
         return len(self._batches)
 
 
-def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[np.ndarray], per_channel: bool = True, symmetric_activations: bool = False) -> Path:
-    """Write an int8 QDQ model of ``fp32_onnx`` to ``out_path`` (atomically) and return the path."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _options(profile: str, symmetric_activations: bool | None) -> tuple[Any, Any, bool, dict[str, Any]]:
+    from onnxruntime.quantization import QuantType
+
+    if profile == "tensorrt":
+        if symmetric_activations is False:
+            raise MetaedgeError("the tensorrt profile needs symmetric activations", "drop symmetric_activations=False or use profile 'ort'")
+        return QuantType.QInt8, QuantType.QInt8, False, {
+            "ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
+            "DedicatedQDQPair": True, "QuantizeBias": False,
+        }
+    sym = bool(symmetric_activations)
+    return (QuantType.QInt8 if sym else QuantType.QUInt8), QuantType.QInt8, True, {"ActivationSymmetric": sym, "WeightSymmetric": True}
+
+
+def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[np.ndarray], per_channel: bool = True,
+                 symmetric_activations: bool | None = None, profile: str = "ort") -> Path:
+    """Write an 8-bit QDQ model of ``fp32_onnx`` to ``out_path`` (atomically) and return the path.
+
+    ``profile``: ``ort`` or ``tensorrt`` (see the module docstring). ``symmetric_activations``:
+    int8 zero-point-0 activations in the ort profile too (ORT then converts them to uint8 + 128 on
+    x86); the tensorrt profile always has them."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import onnx
 
+    from metaedge.compress.metaquant.profiles import get_profile
+
+    act_type, weight_type, reduce_range, extra = _options(get_profile(profile).name, symmetric_activations)
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
     if not fp32_onnx.is_file():
         raise MetaedgeError(f"fp32 ONNX {fp32_onnx} does not exist", "export the fp32 model first")
@@ -60,9 +92,10 @@ def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[
                 str(pre), str(out_tmp), reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=act_type,
+                weight_type=weight_type,
+                reduce_range=reduce_range,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"ActivationSymmetric": symmetric_activations},
+                extra_options=extra,
             )
     return out_path

@@ -1,27 +1,43 @@
 """Weight and activation quantizers whose outputs are exactly ``scale * int`` on a k-bit grid.
 
-Every weight quantizer returns ``(q, scale)`` with ``q`` a float tensor of integers (rounding has
-a straight-through gradient) and ``scale`` one value per output channel (axis 0), and the
-quantized weight is ``q * scale``. That product is what DequantizeLinear computes in ONNX, so the
-exported int8 initializer plus per-channel scale reproduces the fake-quant weight bit for bit.
+Every weight quantizer returns ``(q, scale)`` with ``q`` a float tensor of integers and ``scale``
+one value per output channel (axis 0), and the quantized weight is ``q * scale``. That product is
+what DequantizeLinear computes in ONNX, so the exported int8 weight plus per-channel scale
+reproduces the fake-quant weight bit for bit.
 
-* ``symmetric`` k in {2,4,8}: ``q in [-(2^(k-1)-1), 2^(k-1)-1]``, ``scale = max|W_c| / qmax`` at 8
+* ``symmetric`` k in 2..8: ``q in [-(2^(k-1)-1), 2^(k-1)-1]``, ``scale = max|W_c| / qmax`` above 4
   bits; at <= 4 bits ``scale = r * max|W_c| / qmax`` with the per-channel clip ratio r that
   minimises the weight MSE (chosen afresh each step, no gradient through it).
 * ``dorefa``  k in {1,2,4} (any k <= 7): the paper's ``tanh(W)/(2 max|tanh W|) + 1/2`` on the
   channel-normalised weight, k-bit rounding, mapped to [-1, 1] and multiplied by ``max|W_c|``.
   The 2^k levels ``(2n - (2^k - 1)) / (2^k - 1)`` are odd integers over ``2^k - 1``, so they sit in
   an int8 container only for k <= 7 (8-bit DoReFa would need 9 signed bits: use ``symmetric``).
-  Normalisation is per output channel because BN is folded into the conv before QAT (see qat.py):
-  folded channels differ by orders of magnitude and one per-tensor range would zero the small ones.
+  Per output channel, so one shared range never zeroes a small channel.
 * ``bwn`` k = 1: ``mean|W_c| * sign(W)``, stored as int8 {-1, +1} with scale ``mean|W_c|``.
+* ``lsq`` (Esser et al., ICLR 2020) k in 1..8: a learned per-channel step ``s`` (an
+  ``nn.Parameter``, gradient scaled by ``1/sqrt(N_c * Qp)`` as in the paper), ``q = clamp(round(W/s),
+  -Qn, Qp)`` with ``Qn = 2^(k-1), Qp = 2^(k-1) - 1`` (k = 1: ``sign(W)``). Initialised from the
+  MSE-best symmetric step (k = 1: ``mean|W_c|``) rather than the paper's ``2 mean|W| / sqrt(Qp)``:
+  metaedge fine-tunes a trained model, where the MSE step is already a good grid.
+
+Backward (the standard straight-through estimators; ``tests/test_quantizers.py`` pins each one):
+the gradient reaching W is ``calib(W) * g`` with ``g = dL/dW_hat`` -- identity for BWN (the scale
+``mean|W_c|`` is *not* multiplied in: passing ``alpha_c * g`` trains 10-30x slower after BN
+folding), identity inside the clip range and 0 outside for ``symmetric`` and ``lsq``, and for
+DoReFa the chain rule through the tanh transform with an identity through the rounding,
+``(1 - tanh^2) / max|tanh|``, which is the paper's calibration term. ``calib`` therefore is both the
+STE's Jacobian and the factor MetaQuant multiplies its meta gradient by: MetaQuant with an
+identity meta network *is* STE.
 
 Activations use :class:`ActFakeQuant`: per-tensor 8-bit, asymmetric uint8 by default (ONNX
 Runtime's fast path) or symmetric int8 (zero point 0, what TensorRT's explicit quantization needs),
-scale from an EMA min/max observer or learned (LSQ-style, gradient through the scale).
+scale from an EMA min/max observer or learned (LSQ, gradient through the scale, scaled by
+``1/sqrt(N * Qp)``). Its backward is the clipped STE: identity inside [qmin, qmax], 0 outside.
 Rounding is half-to-even and ``x / scale`` is a true division, as in ONNX QuantizeLinear.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -30,13 +46,16 @@ from metaedge.errors import MetaedgeError
 
 __all__ = [
     "ActFakeQuant",
+    "LSQQuantizer",
     "WEIGHT_QUANTIZERS",
     "WeightQuantizer",
+    "grad_scale",
     "make_weight_quantizer",
     "round_ste",
+    "sign_ste",
 ]
 
-WEIGHT_QUANTIZERS = ("symmetric", "dorefa", "bwn")
+WEIGHT_QUANTIZERS = ("symmetric", "dorefa", "bwn", "lsq")
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -53,6 +72,11 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return _RoundSTE.apply(x)
 
 
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` in the forward pass, ``scale * g`` in the backward (LSQ's step-size gradient scale)."""
+    return (x - x * scale).detach() + x * scale
+
+
 class _SignSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -61,6 +85,10 @@ class _SignSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return g
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    return _SignSTE.apply(x)
 
 
 def _per_channel(fn, w: torch.Tensor) -> torch.Tensor:
@@ -89,6 +117,7 @@ class WeightQuantizer:
         raise NotImplementedError
 
     def calib(self, w: torch.Tensor) -> torch.Tensor:
+        """dW_hat/dW of the straight-through estimator, element-wise (the paper's calibration term)."""
         return torch.ones_like(w)
 
     def fake(self, w: torch.Tensor) -> torch.Tensor:
@@ -143,8 +172,13 @@ class SymmetricQuantizer(WeightQuantizer):
 
     def __call__(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self._scale(w)
-        q = torch.clamp(round_ste(w / scale), -self.qmax, self.qmax)
+        q = torch.clamp(round_ste(w / scale), -self.qmax, self.qmax)  # clamp after rounding: the extremes keep their gradient
         return q, scale
+
+    def calib(self, w: torch.Tensor) -> torch.Tensor:
+        # identity inside the (clipped) grid, 0 for the weights the clip ratio cuts off
+        w = w.detach()
+        return (torch.round(w / self._scale(w)).abs() <= self.qmax).to(w.dtype)
 
 
 class DoReFaQuantizer(WeightQuantizer):
@@ -200,7 +234,62 @@ class BWNQuantizer(WeightQuantizer):
 
     def __call__(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = _per_channel(lambda t, dim: t.abs().mean(dim=dim), w).clamp_min(1e-8)
-        return _SignSTE.apply(w), scale
+        # sign(W / alpha) = sign(W); the division makes d(q * alpha)/dW = 1, the standard BWN STE.
+        # sign(W) * alpha with a detached alpha would pass alpha * g, a per-layer learning-rate cut.
+        return sign_ste(w / scale), scale
+
+
+class LSQQuantizer(nn.Module, WeightQuantizer):
+    """Learned step size quantization (Esser et al. 2020), one step per output channel.
+
+    An ``nn.Module``: the step is a parameter that lives in the layer's state dict and is trained by
+    the QAT optimiser with the other non-weight parameters."""
+
+    kind = "lsq"
+
+    def __init__(self, bits: int, weight: torch.Tensor) -> None:
+        if not 1 <= bits <= 8:
+            raise MetaedgeError(f"LSQ weights need 1..8 bits, got {bits}", "use w1, w2, w4 or w8")
+        nn.Module.__init__(self)
+        WeightQuantizer.__init__(self, bits)
+        with torch.no_grad():
+            if bits == 1:
+                init = _per_channel(lambda t, dim: t.abs().mean(dim=dim), weight).clamp_min(1e-8)
+            else:
+                init = SymmetricQuantizer(bits)._scale(weight)  # the same Qp = 2^(k-1) - 1
+        self.step = nn.Parameter(init.clone())
+        per_channel = weight[0].numel()
+        self._gscale = 1.0 / math.sqrt(per_channel * max(1, self.qmax))
+
+    @property
+    def qmax(self) -> int:
+        return 1 if self.bits == 1 else 2 ** (self.bits - 1) - 1
+
+    @property
+    def qmin(self) -> int:
+        return -1 if self.bits == 1 else -(2 ** (self.bits - 1))
+
+    def levels(self) -> int:
+        return 2**self.bits
+
+    def _step(self) -> torch.Tensor:
+        return grad_scale(self.step, self._gscale).abs().clamp_min(1e-8)
+
+    def forward(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self._step()
+        if self.bits == 1:
+            return sign_ste(w / s), s
+        return torch.clamp(round_ste(w / s), self.qmin, self.qmax), s
+
+    def calib(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach()
+        if self.bits == 1:
+            return torch.ones_like(w)
+        n = torch.round(w / self._step().detach())
+        return ((n >= self.qmin) & (n <= self.qmax)).to(w.dtype)
+
+    def __repr__(self) -> str:
+        return f"LSQQuantizer(bits={self.bits})"
 
 
 def _decomposed_ops():
@@ -211,7 +300,14 @@ def _decomposed_ops():
     return torch.ops.quantized_decomposed
 
 
-def make_weight_quantizer(kind: str, bits: int) -> WeightQuantizer:
+def make_weight_quantizer(kind: str, bits: int, weight: torch.Tensor | None = None) -> WeightQuantizer:
+    """A quantizer for ``bits``-bit weights; ``lsq`` needs the layer's ``weight`` to initialise its
+    step (without one it is only validated and a symmetric stand-in is returned)."""
+    if kind == "lsq":
+        if weight is None:
+            LSQQuantizer(bits, torch.ones(1, 1))  # validates bits
+            return SymmetricQuantizer(bits) if bits > 1 else BWNQuantizer(1)
+        return LSQQuantizer(bits, weight)
     if kind == "symmetric":
         return SymmetricQuantizer(bits)
     if kind == "dorefa":
@@ -282,7 +378,10 @@ class ActFakeQuant(nn.Module):
             qd = _decomposed_ops()
             q = qd.quantize_per_tensor(x, scale, zp, self.qmin, self.qmax, dt)
             return qd.dequantize_per_tensor(q, scale, zp, self.qmin, self.qmax, dt)
-        scale = self.scale.abs().clamp_min(1e-8) if self.learn_scale else self.scale.detach()
+        if self.learn_scale:  # LSQ: gradient through the step, scaled by 1/sqrt(N * Qp)
+            scale = grad_scale(self.scale, 1.0 / math.sqrt(x[0].numel() * self.qmax)).abs().clamp_min(1e-8)
+        else:
+            scale = self.scale.detach()
         zp = self.zero_point
         q = torch.clamp(round_ste(x / scale) + zp, self.qmin, self.qmax)
         return (q - zp) * scale

@@ -124,6 +124,9 @@ def trtexec_command(onnx_name: str, input_name: str, input_shape: tuple[int, ...
 @register_backend
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    # QDQ export profile a quantized model needs here (symmetric int8, float weights behind Q/DQ):
+    # see metaedge.deploy.qdq.choose_qdq_profile and metaedge.deploy.trt_qdq_rules.
+    qdq_profile = "tensorrt"
 
     def __init__(self, fp16: bool = True, max_batch: int = 1) -> None:
         self.fp16 = fp16
