@@ -21,7 +21,9 @@ def _one_thread_torch():
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``metaedge ARGS`` in a subprocess, exactly as a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # One OpenMP thread unless told otherwise: on 2 cores a 2-thread torch process beside any other
+    # busy process spin-waits and runs ~20x slower (measured here).
+    full_env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "metaedge.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
