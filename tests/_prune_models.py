@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from metaedge.data import DataSplits
 
 
 def cbr(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
@@ -112,3 +115,12 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+def tiny_data() -> DataSplits:
+    """256 random 3x8x8 images with a learnable 4-class label (5 classes declared), split 160/64/32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
+    ds = lambda a, b: TensorDataset(x[a:b], y[a:b])  # noqa: E731
+    return DataSplits("tiny", ds(0, 160), ds(160, 224), ds(224, 256), 5, 3, 8, [0.0] * 3, [1.0] * 3)

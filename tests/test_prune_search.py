@@ -6,13 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
-from _prune_models import ALL
+from _prune_models import ALL, tiny_data
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, Pricer, SearchConfig, WidthSpace, evolutionary_search, parse_budget, prune_model
-from metaedge.data import DataSplits
 from metaedge.errors import MetaedgeError
 
 X = torch.randn(2, 3, 8, 8)
@@ -81,18 +79,10 @@ def test_parse_budget():
             parse_budget(bad, 100.0)
 
 
-def _tiny_data() -> DataSplits:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 3, 8, 8, generator=g)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    ds = lambda a, b: TensorDataset(x[a:b], y[a:b])  # noqa: E731
-    return DataSplits("tiny", ds(0, 160), ds(160, 224), ds(224, 256), 5, 3, 8, [0.0] * 3, [1.0] * 3)
-
-
 def test_prune_model_end_to_end_and_resume(tmp_path):
     torch.manual_seed(0)
     model = ALL["residual"]()
-    data = _tiny_data()
+    data = tiny_data()
     base = count_cost(model, (1, 3, 8, 8)).macs
     cfg = replace(PRESETS["demo"], budget=0.4 * base, channel_multiple=4, pruningnet_epochs=2, population=6, generations=2,
                   parents=2, recalib_batches=2, finetune_epochs=1, batch_size=32)
@@ -121,4 +111,4 @@ def test_latency_budget_prices_candidate_specs(tmp_path):
     res = evolutionary_search(space, cost, budget, _score, tmp_path / "lat.jsonl", CFG)
     assert res.cost <= budget and seen
     with pytest.raises(MetaedgeError, match="latency"):
-        prune_model(ALL["residual"](), _tiny_data(), replace(PRESETS["demo"], budget_kind="latency", budget=1.0), tmp_path / "w", quiet=True)
+        prune_model(ALL["residual"](), tiny_data(), replace(PRESETS["demo"], budget_kind="latency", budget=1.0), tmp_path / "w", quiet=True)

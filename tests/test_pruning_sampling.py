@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
-from _prune_models import ALL
+from _prune_models import ALL, tiny_data
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, materialize, prune_model
@@ -17,7 +16,6 @@ from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.starts import start_model
 from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, train_pruningnet
 from metaedge.compress.train import TrainConfig
-from metaedge.data import DataSplits
 from metaedge.errors import MetaedgeError
 
 X = torch.randn(2, 3, 8, 8)
@@ -30,14 +28,6 @@ def _setup(name: str = "residual"):
     space = WidthSpace(a, multiple=4)
     pricer = Pricer(model, a, (1, 3, 8, 8))
     return model, a, space, pricer
-
-
-def _tiny_data() -> DataSplits:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 3, 8, 8, generator=g)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    ds = lambda a, b: TensorDataset(x[a:b], y[a:b])  # noqa: E731
-    return DataSplits("tiny", ds(0, 160), ds(160, 224), ds(224, 256), 5, 3, 8, [0.0] * 3, [1.0] * 3)
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -76,7 +66,7 @@ def test_sandwich_sampler_stays_in_band():
 
 def test_sandwich_training_runs_resumes_and_reduces_loss(tmp_path):
     model, a, space, pricer = _setup()
-    data = _tiny_data()
+    data = tiny_data()
     cost = lambda w: float(pricer.macs(w))  # noqa: E731
     sampler = WidthSampler(space, cost, Band.around([0.5 * pricer.base_macs]), random_widths=1)
     pn = PruningNet(model, a, hidden=8, init_from_model=False)
@@ -89,7 +79,7 @@ def test_sandwich_training_runs_resumes_and_reduces_loss(tmp_path):
 
 def test_starts_generated_inherited_scratch():
     model, a, space, pricer = _setup()
-    data = _tiny_data()
+    data = tiny_data()
     pn = PruningNet(model, a, hidden=8, init_from_model=False).eval()
     widths = space.widths(space.smallest())
     recalib = recalib_batches(data.train, 32, 2, 0)
@@ -117,7 +107,7 @@ def test_spearman():
 
 def test_rank_check_scores_in_budget_structures():
     model, a, space, pricer = _setup()
-    data = _tiny_data()
+    data = tiny_data()
     cost = lambda w: float(pricer.macs(w))  # noqa: E731
     pn = PruningNet(model, a, hidden=8, init_from_model=True)
     budget = 0.5 * pricer.base_macs
@@ -136,7 +126,7 @@ def test_prune_model_records_rank_check_and_start(tmp_path):
     model, _, _, pricer = _setup()
     cfg = replace(PRESETS["demo"], budget=0.4 * pricer.base_macs, channel_multiple=4, pruningnet_epochs=1, hidden=8, population=4,
                   generations=1, parents=2, recalib_batches=2, finetune_epochs=1, batch_size=32, rank_check=3, start="best")
-    res = prune_model(model, _tiny_data(), cfg, tmp_path, quiet=True)
+    res = prune_model(model, tiny_data(), cfg, tmp_path, quiet=True)
     assert res.rank_check is not None and res.rank_check["n"] == 3
     assert res.init in ("generated", "inherited") and set(res.start_accuracy) == {"generated", "inherited"}
     assert res.macs <= cfg.budget
