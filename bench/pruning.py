@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
+    ap.add_argument("--run-budgets", default=None, help="run only these of --budgets (the PruningNet's band still covers all of --budgets)")
     ap.add_argument("--methods", default="metapruning,uniform,l1,tp_l1,random")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--base-epochs", type=int, default=None)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         shared = out / f"pruningnet_{arch}.pt"
         recalib = recalib_batches(data.train, pcfg.batch_size, pcfg.recalib_batches, 0)
         pn: PruningNet | None = None
-        for frac in budgets:
+        for frac in [float(b) for b in args.run_budgets.split(",")] if args.run_budgets else budgets:
             budget = frac * pricer.base_macs
             for seed in range(seeds):
                 tcfg = TrainConfig(epochs=ft_epochs, batch_size=pcfg.batch_size, lr=pcfg.finetune_lr, distill_alpha=pcfg.distill, seed=seed)
