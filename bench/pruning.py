@@ -100,12 +100,13 @@ def uniform_widths(space: WidthSpace, cost, budget: float) -> dict[str, int]:
     return space.widths(genes)
 
 
-def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> nn.Module | None:
-    """Torch-Pruning's L1 magnitude pruner at the global ratio whose MACs come closest under budget."""
+def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> tuple[nn.Module | None, str]:
+    """Torch-Pruning's L1 magnitude pruner at the global ratio whose MACs come closest under budget;
+    (None, why) when it is not installed or no ratio fits."""
     try:
         import torch_pruning as tp  # benchmark-only dependency
     except ImportError:
-        return None
+        return None, "torch-pruning is not installed (pip install -e .[bench])"
 
     def prune(ratio: float) -> nn.Module:
         m = copy.deepcopy(model)
@@ -144,7 +145,7 @@ def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> nn
                 best, best_macs = m, macs
         else:
             lo = mid
-    return best
+    return best, "" if best is not None else f"no global ratio brings it under {budget / 1e6:.3f} MMACs at round_to={multiple}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                             extra["rank_check"] = res.rank_check
                             print(f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures", flush=True)
                     elif method == "tp_l1":
-                        small = tp_l1(model, data.train.tensors[0][:1], budget, multiple)
+                        small, why = tp_l1(model, data.train.tensors[0][:1], budget, multiple)
                         if small is None:
-                            print("  tp_l1: torch-pruning is not installed (pip install torch-pruning==1.6.1); skipped", flush=True)
+                            print(f"  {arch} {frac:.2f} tp_l1: {why}; skipped", flush=True)
                             continue
                         fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
                         extra = {"start": "inherited"}
