@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test venv bench clean system
+.PHONY: demo test venv bench clean system cross
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) cross
 	$(BIN)/metaedge compress
+
+# ARM64 cross toolchain (distro g++ as root, else the ziglang wheel): see tools/setup_cross.sh.
+cross: $(STAMP)
+	bash tools/setup_cross.sh $(BIN)/python
 
 system:
 	bash tools/setup_system.sh

@@ -27,8 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="artifact directory to write into when SOURCE is an .onnx file (default: its folder)")
     p.add_argument("--targets-file", type=Path, default=None, help="TOML file with extra targets")
-    p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials for TVM (0: no tuning)")
-    p.add_argument("--tuning-dir", type=Path, default=None, help="reusable TVM tuning database folder")
+    p.add_argument("--tune-trials", type=int, default=0,
+                   help="MetaSchedule trials for TVM before building (0: apply the target's database as it is; see `metaedge tune`)")
+    p.add_argument("--tuning-dir", type=Path, default=None,
+                   help="TVM tuning database folder (default .metaedge-cache/tvm-tuning/<target>)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
@@ -56,12 +58,11 @@ def run(args: argparse.Namespace) -> int:
                             "pass the folder written by `metaedge compress` or a model.onnx")
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "run `metaedge compress` (or export) first")
-    tvm_options = None
-    if args.tune_trials or args.tuning_dir:
-        from metaedge.deploy.backends.tvm import TvmOptions
+    from metaedge.deploy.backends.tvm import TvmOptions
 
-        tvm_options = TvmOptions(tune_trials=args.tune_trials, tuning_dir=args.tuning_dir,
-                                 tune_device=args.device)
+    # The target's database is applied on every compile; --tune-trials adds to it first.
+    tvm_options = TvmOptions(tune_trials=args.tune_trials, tuning_dir=args.tuning_dir, tune_device=args.device,
+                             threads=args.threads)
     timing = TimingConfig(warmup=args.warmup, repeats=args.repeats, threads=args.threads)
     cache = None if args.no_cache else LatencyCache()  # .metaedge-cache/latency.json in the working dir
     result = compile_for_target(onnx_path, target, root, backends=args.backend, timing=timing, device=args.device,

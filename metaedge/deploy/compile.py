@@ -25,6 +25,7 @@ from metaedge.deploy.backends.base import Backend, get_backend
 from metaedge.deploy.compare import compare_outputs
 from metaedge.errors import MetaedgeError
 from metaedge.latency import TimingConfig
+from metaedge.targets.toolchain import ToolchainMissing
 
 __all__ = ["compile_for_target", "make_backend", "parity_inputs", "reference_outputs"]
 
@@ -149,6 +150,9 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
         out_dir = artifact_dir / "compiled" / target.name / name
         try:
             compiled = backend.compile(onnx_path, target, out_dir)
+        except ToolchainMissing as exc:  # a set-up step, not a broken model: say what to install
+            entry[name] = {"status": "skipped", "reason": exc.one_line()}
+            continue
         except MetaedgeError as exc:
             if len(names) == 1:
                 raise

@@ -6,6 +6,8 @@ and bundle.json (the same facts, machine-readable). Never training data, state d
 """
 from __future__ import annotations
 
+import json
+
 import os
 import platform as host_platform
 import re
@@ -115,6 +117,20 @@ def _trimmed_manifest(manifest: dict[str, Any], model_rel: str, model_path: Path
     keep["deploy"] = {"target": target.name, "family": target.family, "platform": target.platform,
                       "backend": backend, "model": model_rel}
     return keep
+
+
+def _copy_tuning(model_path: Path, dest: Path) -> None:
+    """Ship the MetaSchedule database the library was built with (its compile metadata names
+    it), so the model can be rebuilt on the device with the same schedules."""
+    meta = model_path.with_name("model.json")
+    if not meta.is_file():
+        return
+    db = (json.loads(meta.read_text()).get("tuning") or {}).get("database")
+    if not db or not (Path(db) / "database_tuning_record.json").is_file():
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        shutil.copy2(Path(db) / name, dest / name)
 
 
 def _copy_runtime(dest: Path) -> list[Path]:
@@ -250,6 +266,8 @@ def write_bundle(cfg: BundleConfig) -> Bundle:
     dest_model = out / "artifact" / model_rel
     dest_model.parent.mkdir(parents=True)
     shutil.copy2(model_path, dest_model)
+    if backend == "tvm":
+        _copy_tuning(model_path, out / "artifact" / "tvm-tuning")
     atomic_write_json(out / "artifact" / MANIFEST_NAME, _trimmed_manifest(manifest, model_rel, model_path, target, backend))
     _copy_runtime(out / "runtime")
     certs = out / "certs"
