@@ -93,7 +93,7 @@ def ort_latency(path: Path, x: np.ndarray, timing: TimingConfig, profile: str = 
 
 
 def last_k(history: list[dict], key: str, k: int) -> float:
-    vals = [h[key] for h in history[-k:]]
+    vals = [h[key] for h in history[-k:] if key in h]  # test accuracy is measured in the last k epochs only
     return statistics.fmean(vals) if vals else float("nan")
 
 
@@ -107,17 +107,18 @@ def fmt(vals: list[float]) -> str:
 class Runner:
     """One QAT run per (spec, method, optimizer, lr, seed), with per-epoch test accuracy."""
 
-    def __init__(self, model, data, work: Path, epochs: int, k: int, quiet: bool = True) -> None:
+    def __init__(self, model, data, work: Path, epochs: int, k: int, quiet: bool = True, meta_lr: float | None = None) -> None:
         self.model, self.data, self.work, self.epochs, self.k, self.quiet = model, data, work, epochs, k, quiet
+        self.meta_lr = meta_lr or QuantConfig().meta_lr
         self.test_loader = make_loader(data.test, 512, False)
 
     def run(self, spec: str, method: str, opt: str, lr: float, seed: int, epochs: int) -> dict:
         bits, wq = SPECS[spec]
         kind, variant = METHODS[method]
-        cfg = QuantConfig(weight_bits=bits, weight_quantizer=wq, method=kind, meta_variant=variant, epochs=epochs, optimizer=opt, lr=lr, seed=seed, calib_batches=8)
+        cfg = QuantConfig(weight_bits=bits, weight_quantizer=wq, method=kind, meta_variant=variant, epochs=epochs, optimizer=opt, lr=lr, seed=seed, calib_batches=8, meta_lr=self.meta_lr)
         wd = self.work / f"{spec}-{method}-{opt}-{lr}-{seed}-{epochs}"
         t0 = time.perf_counter()
-        res = quantize_model(self.model, self.data, cfg, wd, quiet=self.quiet, on_epoch=lambda e, m: {"test_accuracy": evaluate(m, self.test_loader)})
+        res = quantize_model(self.model, self.data, cfg, wd, quiet=self.quiet, on_epoch=lambda e, m: {"test_accuracy": evaluate(m, self.test_loader)} if e >= epochs - self.k else {})
         shutil.rmtree(wd, ignore_errors=True)
         hist = res.history or []
         return {
@@ -133,7 +134,7 @@ def strip(run: dict) -> dict:
     return {k: v for k, v in run.items() if not k.startswith("_")}
 
 
-def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path, calib) -> dict:
+def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path, calib, reuse: dict | None = None) -> dict:
     print(f"== {name}", flush=True)
     torch.manual_seed(0)
     model = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans, input_size=data.input_size)
@@ -148,7 +149,10 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
     quantize_ptq(fp32_path, ptq_path, calib, profile="ort")
     r["ptq_int8"] = {"test": ort_accuracy(ptq_path, data.test), "fp32_ort_test": ort_accuracy(fp32_path, data.test)}
     print(f"fp32 test {r['fp32']['test']:.4f}  PTQ int8 (ORT) {r['ptq_int8']['test']:.4f}", flush=True)
-    runner = Runner(model, data, work, args.epochs, args.last_k, quiet=True)
+    reuse = reuse or {}
+    if reuse and abs(reuse["fp32"]["test"] - r["fp32"]["test"]) > 1e-9:
+        raise SystemExit(f"--reuse: the fp32 {name} differs from the reused run's ({reuse['fp32']['test']:.4f} vs {r['fp32']['test']:.4f})")
+    runner = Runner(model, data, work, args.epochs, args.last_k, quiet=True, meta_lr=args.meta_lr)
     best_w8 = None
     for spec in specs:
         r[spec] = {}
@@ -159,25 +163,28 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
             if method == "lsq" and spec == "w1a8-dorefa" and "w1a8-bwn" in r and "lsq" in r["w1a8-bwn"]:
                 r[spec][method] = r["w1a8-bwn"]["lsq"]  # LSQ ignores the weight quantizer: one 1-bit run
                 continue
-            sweep_runs = [runner.run(spec, method, opt, lr, 0, args.sweep_epochs) for opt, lr in sweep]
-            for s in sweep_runs:
-                print(f"  sweep {spec} {method} {s['optimizer']} lr {s['lr']:g}: val(last {args.last_k}) {s['val_last_k']:.4f} ({s['seconds']:.0f}s)", flush=True)
-            best = max(sweep_runs, key=lambda s: s["val_last_k"])
-            runs = []
-            for seed in range(seeds):
-                if seed == 0 and args.sweep_epochs == args.epochs:
-                    runs.append(best)
-                else:
-                    runs.append(runner.run(spec, method, best["optimizer"], best["lr"], seed, args.epochs))
+            prev = reuse.get(spec, {}).get(method, {})
+            if "chosen" in prev:  # --reuse: the sweep and the seeds already run, from an earlier run of the same settings
+                sweep_summary, done = prev["sweep"], {x["seed"]: x for x in prev["runs"]}
+                best = {**prev["chosen"], **done.get(0, {})}
+                print(f"  reused {spec} {method}: {best['optimizer']} lr {best['lr']:g}, seeds {sorted(done)}", flush=True)
+            else:
+                sweep_runs = [runner.run(spec, method, opt, lr, 0, args.sweep_epochs) for opt, lr in sweep]
+                for s in sweep_runs:
+                    print(f"  sweep {spec} {method} {s['optimizer']} lr {s['lr']:g}: val(last {args.last_k}) {s['val_last_k']:.4f} ({s['seconds']:.0f}s)", flush=True)
+                best = max(sweep_runs, key=lambda s: s["val_last_k"])
+                sweep_summary = [{k: s[k] for k in ("optimizer", "lr", "val_last_k", "test_last_k", "seconds")} for s in sweep_runs]
+                done = {0: best} if args.sweep_epochs == args.epochs else {}
+            runs = [done[seed] if seed in done else runner.run(spec, method, best["optimizer"], best["lr"], seed, args.epochs) for seed in range(seeds)]
             print(f"{spec} {method}: {best['optimizer']} lr {best['lr']:g} -> test(last {args.last_k}) {fmt([x['test_last_k'] for x in runs])}", flush=True)
             r[spec][method] = {
                 "chosen": {"optimizer": best["optimizer"], "lr": best["lr"], "val_last_k": best["val_last_k"]},
-                "sweep": [{k: s[k] for k in ("optimizer", "lr", "val_last_k", "test_last_k", "seconds")} for s in sweep_runs],
+                "sweep": sweep_summary,
                 "test_last_k": [x["test_last_k"] for x in runs], "test_final": [x["test_final"] for x in runs],
                 "seconds": [x["seconds"] for x in runs], "packed_bytes": runs[0]["packed_bytes"],
                 "runs": [strip(x) for x in runs],
             }
-            if spec == "w8a8" and (best_w8 is None or statistics.fmean(r[spec][method]["test_last_k"]) > best_w8[0]):
+            if spec == "w8a8" and "_result" in best and (best_w8 is None or statistics.fmean(r[spec][method]["test_last_k"]) > best_w8[0]):
                 best_w8 = (statistics.fmean(r[spec][method]["test_last_k"]), method, best)
     if best_w8 is not None and not args.no_export:
         r["export"] = export_and_time(name, best_w8, runner, data, fp32_path, ptq_path, work, args)
@@ -281,6 +288,8 @@ def main() -> int:
     ap.add_argument("--input-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=None, help="latency repeats (default 200; quick 50)")
     ap.add_argument("--no-export", action="store_true", help="skip the QDQ export, parity and latency part")
+    ap.add_argument("--meta-lr", type=float, default=None, help=f"MetaQuant's meta-network Adam lr (default {QuantConfig().meta_lr:g})")
+    ap.add_argument("--reuse", default=None, help="results JSON of an earlier run with the same settings: keep its sweeps and runs, run only the missing seeds/methods")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/quant_fashion_mnist[_quick].json; a .md table beside it)")
     args = ap.parse_args()
     q = args.quick
@@ -310,14 +319,20 @@ def main() -> int:
         "settings": {"quick": q, "models": args.models.split(","), "specs": specs, "methods": methods, "sweep": [f"{o}:{lr:g}" for o, lr in sweep],
                      "seeds": seeds, "qat_epochs": args.epochs, "sweep_epochs": args.sweep_epochs, "last_k": args.last_k, "fp32_epochs": args.fp32_epochs,
                      "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test), "input_size": data.input_size,
-                     "kd_alpha": QuantConfig().kd_alpha, "layer_bits": QuantConfig().layer_bits, "torch_threads": 1},
+                     "kd_alpha": QuantConfig().kd_alpha, "meta_lr": args.meta_lr or QuantConfig().meta_lr, "layer_bits": QuantConfig().layer_bits, "torch_threads": 1},
         "models": {},
     }
+    reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None
+    if reuse is not None:
+        keys = ("qat_epochs", "sweep_epochs", "last_k", "fp32_epochs", "train_images", "val_images", "test_images", "input_size", "sweep", "meta_lr")
+        diff = [k for k in keys if reuse["settings"].get(k) != results["settings"].get(k)]
+        if diff:
+            ap.error(f"--reuse {args.reuse}: settings differ ({', '.join(diff)})")
     work = Path(tempfile.mkdtemp(prefix="metaedge-bench-quant-"))
     t_all = time.perf_counter()
     try:
         for name in args.models.split(","):
-            results["models"][name] = bench_model(name, data, args, sweep, specs, methods, seeds, work, calib)
+            results["models"][name] = bench_model(name, data, args, sweep, specs, methods, seeds, work, calib, (reuse or {}).get("models", {}).get(name))
             atomic_write_json(out, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)

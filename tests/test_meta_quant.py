@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from metaedge.compress.metaquant import QuantConfig, quantize_model
 from metaedge.compress.metaquant.meta import MetaNet
+from metaedge.compress.metaquant.quantizers import make_weight_quantizer
 from metaedge.compress.metaquant.qat import _update_of, calibrate, prepare_qat, quant_layers, train_qat
 from metaedge.data import DataSplits, make_loader
 from metaedge.errors import MetaedgeError
@@ -72,30 +73,125 @@ def test_meta_network_learns_and_loss_falls():
     assert out["val_accuracy"] > 0.5
 
 
-@pytest.mark.parametrize("variant", ["multifc", "lstmfc"])
-def test_meta_gradient_reaches_phi_for_each_variant(variant):
+@pytest.mark.parametrize("variant", ["fc", "multifc", "lstmfc"])
+def test_meta_gradient_reaches_phi_through_the_look_ahead(variant):
+    """phi's only path to the loss is W_meta = W - update(calib * M(g)) -> Q -> forward: every
+    step after the first must leave a finite, non-zero gradient on phi (None if M were detached)."""
     m = prepared(bits=1, kind="bwn")
     tl, vl = loaders()
     meta = MetaNet(variant)
     before = [p.detach().clone() for p in meta.parameters()]
-    train_qat(m, tl, vl, method="metaquant", meta_variant=variant, epochs=1, lr=0.05, meta_lr=1e-2, quiet=True, meta=meta)
-    assert any((p - q).abs().max() > 0 for p, q in zip(meta.parameters(), before)), "no gradient reached phi"
+    seen = []
+
+    def grads(step):  # runs after the optimisers stepped; phi's .grad is from this step's backward
+        seen.append([None if p.grad is None else p.grad.detach().clone() for p in meta.parameters()])
+
+    train_qat(m, tl, vl, method="metaquant", meta_variant=variant, epochs=1, lr=0.05, meta_lr=1e-2, quiet=True, meta=meta, on_step=grads)
+    assert len(seen) == len(tl) >= 3
+    assert all(g is None for g in seen[0])  # first step: no previous gradient, plain STE
+    for step in seen[1:]:
+        assert any(g is not None and g.abs().sum() > 0 for g in step), "no gradient reached phi"
+        assert all(g is None or torch.isfinite(g).all() for g in step)
+    assert any((p - q).abs().max() > 0 for p, q in zip(meta.parameters(), before))
     if variant == "lstmfc":
         assert meta._state and all(not h.requires_grad for h, _ in meta._state.values())  # detached per-layer state
 
 
+def _grad_weight(shape=(8, 4, 3, 3), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * 1e-3, torch.randn(shape, generator=g) * 0.1
+
+
+def _perturbed(variant):
+    torch.manual_seed(1)
+    meta = MetaNet(variant)
+    with torch.no_grad():
+        for p in meta.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return meta
+
+
+@pytest.mark.parametrize("variant", ["multifc", "lstmfc"])
+@pytest.mark.parametrize("kind,bits", [("bwn", 1), ("symmetric", 2), ("dorefa", 1)])
+def test_nonlinear_meta_starts_at_ste_and_keeps_the_gradient_size(variant, kind, bits):
+    wq = make_weight_quantizer(kind, bits)
+    g, w = _grad_weight()
+    meta = MetaNet(variant)
+    out = meta(g, w, "l", wq)
+    assert out.shape == g.shape
+    assert torch.allclose(out, g, rtol=1e-5, atol=1e-12)  # zero last layer: exactly the STE gradient
+    moved = _perturbed(variant)(g, w, "l", wq)
+    assert not torch.allclose(moved / moved.norm(), g / g.norm(), atol=1e-3)  # it can change the direction...
+    assert torch.allclose(moved.square().mean().sqrt(), g.square().mean().sqrt(), rtol=1e-5)  # ...not the per-layer size
+
+
+@pytest.mark.parametrize("variant", ["multifc", "lstmfc"])
+def test_meta_output_is_invariant_to_the_gradient_scale(variant):
+    wq = make_weight_quantizer("symmetric", 2)
+    g, w = _grad_weight(seed=3)
+    meta = _perturbed(variant)
+    a = meta(g, w, "a", wq)
+    b = meta(10 * g, w, "b", wq)  # a fresh LSTM state per key: the same input history
+    assert torch.allclose(b, 10 * a, rtol=1e-4, atol=1e-5 * float(b.detach().abs().max()))
+
+
+def test_fc_grad_collapses_to_a_learned_gain():
+    meta = _perturbed("fc")
+    g, w = _grad_weight()
+    assert torch.allclose(meta(g, w), meta.net.gain() * g, rtol=1e-5)
+
+
+def test_multifc_chunks_large_layers_with_the_same_values_and_gradients(monkeypatch):
+    import metaedge.compress.metaquant.meta as meta_mod
+
+    wq = make_weight_quantizer("bwn", 1)
+    g, w = _grad_weight((16, 8, 3, 3))
+    meta = _perturbed("multifc")
+    ref = meta(g, w, "", wq)
+    ref_grads = torch.autograd.grad(ref.sin().sum(), list(meta.parameters()))
+    monkeypatch.setattr(meta_mod, "CHUNK", 100)
+    out = meta(g, w, "", wq)
+    out_grads = torch.autograd.grad(out.sin().sum(), list(meta.parameters()))
+    assert torch.allclose(ref, out, atol=1e-12, rtol=1e-6)
+    for a, b in zip(ref_grads, out_grads):
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,bits", [("bwn", 1), ("symmetric", 2), ("symmetric", 4), ("lsq", 2), ("dorefa", 2)])
+def test_grid_position_is_the_distance_to_the_level_flip(kind, bits):
+    """delta is the signed distance (grid steps) from the nearest threshold: W moved by a bit more
+    than delta * step against delta's sign changes its quantized level, a bit less does not."""
+    _, w = _grad_weight((4, 16))
+    wq = make_weight_quantizer(kind, bits, w)
+    wn, delta = wq.grid_position(w)
+    q, scale = wq(w)
+    assert wn.shape == delta.shape == w.shape and torch.allclose(wn, w / scale)
+    if kind == "dorefa":  # its thresholds sit in the tanh domain, where delta is measured
+        assert delta.abs().max() <= 0.5 * (2**bits - 1)
+        return
+    inside = delta.abs() < 0.45 if bits > 1 else torch.ones_like(delta, dtype=torch.bool)  # not the clipped tails
+    assert inside.float().mean() > 0.5
+    lo = getattr(wq, "qmin", -wq.qmax)
+
+    def level(x):  # on the grid of w (symmetric and BWN rescale with the weights; the flip is about the grid)
+        u = x / scale
+        return torch.where(u >= 0, 1.0, -1.0) if bits == 1 else torch.clamp(torch.round(u), lo, wq.qmax)
+
+    for frac, flips in ((1.05, True), (0.95, False)):
+        changed = level(w - frac * delta * scale) != q
+        assert bool((changed[inside] == flips).all()), (frac, flips)
+
+
 def test_fc_grad_is_bias_free_and_starts_at_ste():
     meta = MetaNet("fc")
+    assert meta.hidden == 100 and all(p.dim() == 2 for p in meta.parameters())  # the paper's width, no biases
     g = torch.randn(100)
     assert torch.allclose(meta(g, torch.randn(100)), g, atol=1e-5)
     assert torch.equal(meta(torch.zeros(5), torch.randn(5)), torch.zeros(5))
 
 
 def test_collapsed_fc_equals_explicit_two_layer_fc():
-    meta = MetaNet("multifc")
-    with torch.no_grad():
-        for p in meta.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    meta = _perturbed("fc")
     g = torch.randn(50)
     explicit = meta.net.fc2(meta.net.fc1(g.unsqueeze(1))).squeeze(1)
     collapsed = meta.net(g)

@@ -53,8 +53,8 @@ class QuantConfig:
     act_bits: int = 8
     weight_quantizer: str = "symmetric"  # "symmetric" | "dorefa" | "bwn" (method "lsq" always uses "lsq")
     method: str = "metaquant"  # "metaquant" | "ste" | "lsq"
-    meta_variant: str = "fc"  # "fc" | "multifc" | "lstmfc"
-    meta_hidden: int = 100
+    meta_variant: str = "fc"  # "fc" | "multifc" | "lstmfc"; fc: tied with multifc on validation at 1x the cost (bench/results/quant_meta_variants_fmnist.md)
+    meta_hidden: int | None = None  # None: the variant's default (meta.DEFAULT_HIDDEN: fc 100, multifc 32, lstmfc 16)
     epochs: int = 3
     optimizer: str = "sgd"  # for the weights: "sgd" (momentum 0.9, cosine) | "adam"
     lr: float = 0.005  # BN stays live during QAT, so steps are absorbed as in normal fine-tuning

@@ -8,7 +8,8 @@ folded exactly at eval/export and :mod:`.prepare` for where the quantizers sit.
 * ``lsq``: the same, with learned per-channel weight steps (the layers were prepared with the
   ``lsq`` quantizer) and learned activation steps when ``learn_act_scale`` was set.
 * ``metaquant`` (paper, section 3): for each layer with previous quantized-weight gradient g,
-  ``mg = calib(W) * M_phi(g)``; the forward pass uses ``W_meta = W - step(mg)``, where ``step`` is
+  ``mg = calib(W) * M_phi(g, W, Q)`` (the meta network reads g, W and where W sits on Q's grid, see
+  :mod:`.meta`); the forward pass uses ``W_meta = W - step(mg)``, where ``step`` is
   the optimiser's update as a differentiable function of mg (SGD: ``lr * (mg + wd W)``; Adam: the
   bias-corrected moment ratio computed from the optimiser's own state, so ``W_meta`` *is* the next
   W), quantized; the task loss then trains phi (Adam) and ``mg.detach() + wd*W`` is applied to W
@@ -31,7 +32,7 @@ import torch.nn as nn
 
 from metaedge.artifacts import atomic_path
 from metaedge.compress.metaquant.layers import QConv2d, QLinear, QuantLayer
-from metaedge.compress.metaquant.meta import MetaNet, make_meta_net
+from metaedge.compress.metaquant.meta import DEFAULT_HIDDEN, MetaNet, make_meta_net
 from metaedge.compress.metaquant.prepare import (
     act_quantizers,
     calibrate,
@@ -107,7 +108,7 @@ def train_qat(
     optimizer: str = "sgd",
     weight_decay: float = 5e-5,
     momentum: float = 0.9,
-    meta_hidden: int = 100,
+    meta_hidden: int | None = None,
     label_smoothing: float = 0.0,
     teacher: nn.Module | None = None,
     kd_alpha: float = 0.0,
@@ -147,7 +148,8 @@ def train_qat(
         if meta_variant == "lstmfc":
             n = sum(m.weight.numel() for m in layers)
             if n > 600_000:
-                raise MetaedgeError(f"LSTMFC keeps a {meta_hidden}-wide LSTM state for each of the model's {n} weights (~{n * meta_hidden * 8 * 4 / 2**30:.1f} GiB)", "use meta variant 'fc' or 'multifc' for this model")
+                h = meta.hidden if meta is not None else int(meta_hidden or DEFAULT_HIDDEN["lstmfc"])
+                raise MetaedgeError(f"LSTMFC keeps a {h}-wide LSTM state for each of the model's {n} weights (~{n * h * 8 * 4 / 2**30:.1f} GiB with its gates)", "use meta variant 'multifc' (chunked) for this model")
         meta = meta if meta is not None else make_meta_net(meta_variant, meta_hidden)
         meta_opt = torch.optim.Adam(meta.parameters(), lr=meta_lr)
     if teacher is not None:
@@ -191,7 +193,7 @@ def train_qat(
                             m.w_meta = None  # first step: no meta input yet, plain STE forward
                             continue
                         w = m.weight.detach()
-                        mg = m.wq.calib(w) * meta(g_prev, w, name)
+                        mg = m.wq.calib(w) * meta(g_prev, w, name, m.wq)
                         grad = mg + weight_decay * w
                         m.w_meta = w - _update_of(opt, m.weight, grad, step_lr)
                         grads[name] = grad.detach()

@@ -100,6 +100,13 @@ def _absmax(w: torch.Tensor) -> torch.Tensor:
     return _per_channel(lambda t, dim: t.abs().amax(dim=dim), w).clamp_min(1e-8)
 
 
+def _round_delta(u: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Signed distance of ``u`` from the nearest rounding midpoint of the integer grid [lo, hi]."""
+    if hi - lo < 2:  # two levels: the one threshold sits between them
+        return u - 0.5 * (lo + hi)
+    return u - torch.clamp(torch.floor(u) + 0.5, lo + 0.5, hi - 0.5)
+
+
 class WeightQuantizer:
     """A stateless k-bit weight quantizer. ``__call__(w) -> (q, scale)``; ``calib(w)`` is the
     paper's calibration term dW_tilde/dW used to scale the meta network's output."""
@@ -123,6 +130,19 @@ class WeightQuantizer:
     def fake(self, w: torch.Tensor) -> torch.Tensor:
         q, scale = self(w)
         return q * scale
+
+    def grid_position(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W / scale, delta)`` element-wise, no gradient: the weight in grid steps, and the signed
+        distance (in grid steps) from the nearest decision threshold -- the rounding midpoint, or 0 for
+        a sign -- with ``delta > 0`` above it. A step of ``|delta|`` against its sign flips the
+        level; that is where the STE's error sits (MetaQuant's meta network reads both)."""
+        w = w.detach()
+        with torch.no_grad():
+            _, scale = self(w)
+            return w / scale, self._threshold_delta(w, scale)
+
+    def _threshold_delta(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return _round_delta(w / scale, -self.qmax, self.qmax)
 
     def levels(self) -> int:
         """How many distinct integer values the grid has."""
@@ -216,6 +236,10 @@ class DoReFaQuantizer(WeightQuantizer):
         _, t, tmax = self._tanh(w.detach())
         return (1 - t * t) / tmax
 
+    def _threshold_delta(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        _, t, tmax = self._tanh(w)  # rounding happens on (t / (2 tmax) + 1/2) * qmax in [0, qmax]
+        return _round_delta((t / (2 * tmax) + 0.5) * self.qmax, 0, self.qmax)
+
 
 class BWNQuantizer(WeightQuantizer):
     kind = "bwn"
@@ -237,6 +261,9 @@ class BWNQuantizer(WeightQuantizer):
         # sign(W / alpha) = sign(W); the division makes d(q * alpha)/dW = 1, the standard BWN STE.
         # sign(W) * alpha with a detached alpha would pass alpha * g, a per-layer learning-rate cut.
         return sign_ste(w / scale), scale
+
+    def _threshold_delta(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return w / scale  # the sign's threshold is 0
 
 
 class LSQQuantizer(nn.Module, WeightQuantizer):
@@ -287,6 +314,9 @@ class LSQQuantizer(nn.Module, WeightQuantizer):
             return torch.ones_like(w)
         n = torch.round(w / self._step().detach())
         return ((n >= self.qmin) & (n <= self.qmax)).to(w.dtype)
+
+    def _threshold_delta(self, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return w / scale if self.bits == 1 else _round_delta(w / scale, self.qmin, self.qmax)
 
     def __repr__(self) -> str:
         return f"LSQQuantizer(bits={self.bits})"
