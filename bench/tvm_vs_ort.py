@@ -116,12 +116,23 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("bench-out/tvm"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="re-time the libraries of an earlier run in --out side by side (no tuning), e.g. on a quiet machine")
     args = ap.parse_args()
     if args.quick:
         args.archs, args.size, args.trials, args.rounds, args.repeats = "resnet20", 16, "16", 2, 20
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.trials.split(",") if s.strip()]
+    if args.remeasure:
+        rows = json.loads((args.out / "tvm_vs_ort.json").read_text())
+        for r in rows:
+            onnx_path = work / f"{r['arch']}_{args.size}_{r['kind']}.onnx"
+            lib = work / f"{r['arch']}-{r['kind']}-t{r['trials']}" / "model.so"
+            r.update(side_by_side(onnx_path, lib if lib.is_file() else None, args.rounds, args.repeats), remeasured=True)
+            print(f"{r['arch']} {r['kind']} {r['trials']}: ORT {r['ort_ms']:.3f} ms, TVM {r.get('tvm_ms', float('nan')):.3f} ms", flush=True)
+        write_results(rows, args)
+        return 0
     rows: list[dict] = []
     for arch in args.archs.split(","):
         models = export_models(arch, args.size, work)
