@@ -1,4 +1,4 @@
-"""Benchmark: MetaPruning vs uniform width, L1 channel pruning, Torch-Pruning L1 and random widths.
+"""Benchmark: MetaPruning vs uniform width, L1, Torch-Pruning L1, random widths, VIB and Tucker low rank.
 
 Fashion-MNIST (official 10k test split; validation carved from train; a seeded train subset for
 CPU runs), ResNet-20 and MobileNetV2 at 25%, 10% and 5% of the unpruned MACs. The protocol is the
@@ -7,7 +7,8 @@ same for every method:
 - one trained baseline per network (seed 0), the teacher of every fine-tune (KD);
 - budget use: every method fills the budget greedily to >= 95% where its space allows (the search
   repairs candidates into [0.95, 1] x budget; uniform widens its narrowest groups one step at a
-  time; random is repaired like the search; Torch-Pruning's global ratio is bisected);
+  time; random is repaired like the search; Torch-Pruning's global ratio is bisected; VIB adds the
+  most informative channel steps while they fit; Tucker adds rank steps while they fit);
 - start: width-vector methods (metapruning, uniform, random) start from the better on validation of
   the PruningNet's generated weights and the baseline's first-k channels (BN re-estimated on the
   same batches); L1 methods start from their own kept channels;
@@ -21,6 +22,13 @@ Methods:
   l1           uniform's widths, channels of largest filter L1 norm (Li et al. 2017)
   tp_l1        Torch-Pruning MagnitudePruner (L1, global ratio), the field's peer tool
   random       random widths under the budget (the search's sampler and repair), first-k channels
+  vib          variational information bottleneck gates (Dai et al. 2018) trained with the weights for
+               as many epochs as the PruningNet trains, channels kept by mu^2/sigma^2 to the budget
+  tucker       Tucker-2 of every kxk conv and SVD of the linears, ranks by kept energy under the
+               budget (no channel pruning; skipped where those layers hold too few MACs)
+  tucker_mp    MetaPruning to its share of the budget (its own PruningNet over the band of those
+               shares, no fine-tune), then Tucker on the pruned layers to the budget: the CLI's
+               --lowrank tucker order
 
 The PruningNet's rank diagnostic (Spearman between its score and the accuracy after a short
 fine-tune, over >= 10 in-budget structures) is printed per network and budget.
@@ -50,14 +58,18 @@ import torch.nn as nn
 
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
+from metaedge.compress.lowrank import LowRankConfig, lowrank_model, pruning_budget
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, l1_keep, prune_model
+from metaedge.compress.metapruning.budget import uniform_widths
 from metaedge.compress.metapruning.diagnostic import rank_check
 from metaedge.compress.metapruning.sampling import Band
 from metaedge.compress.metapruning.space import repair
 from metaedge.compress.metapruning.starts import start_model
 from metaedge.compress.metapruning.training import recalib_batches
 from metaedge.compress.train import TrainConfig, evaluate, fit
+from metaedge.compress.vib import PRESETS as VIB_PRESETS, vib_prune
 from metaedge.data import DataConfig, load_data, make_loader
+from metaedge.errors import MetaedgeError
 from metaedge.latency import TimingConfig, time_callable
 from metaedge.zoo import create_model
 
@@ -76,28 +88,6 @@ def ort_latency_ms(model: nn.Module, x: torch.Tensor) -> float:
         runner = OrtRunner(path, threads=1)
         one = x[:1].numpy()
         return time_callable(lambda: runner.run(one), TimingConfig(warmup=20, repeats=100)).p50_ms
-
-
-def uniform_widths(space: WidthSpace, cost, budget: float) -> dict[str, int]:
-    """The widest single ratio under the budget, then the narrowest groups widened one step at a
-    time while the budget allows: the width multiplier given the same budget use as the search."""
-    best = space.widths(space.smallest())
-    for r in np.linspace(0.02, 1.0, 197):
-        w = space.uniform(float(r))
-        if cost(w) <= budget:
-            best = w
-    genes = [space.options[i].index(best[g]) for i, g in enumerate(space.groups)]
-    while cost(space.widths(genes)) < FILL * budget:
-        order = sorted(range(len(genes)), key=lambda i: space.options[i][genes[i]] / space.analysis.groups[space.groups[i]].size)
-        for i in order:
-            if genes[i] + 1 < len(space.options[i]):
-                genes[i] += 1
-                if cost(space.widths(genes)) <= budget:
-                    break
-                genes[i] -= 1
-        else:
-            break
-    return space.widths(genes)
 
 
 def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> tuple[nn.Module | None, str]:
@@ -157,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS))
     ap.add_argument("--run-budgets", default=None, help="run only these of --budgets (the PruningNet's band still covers all of --budgets)")
-    ap.add_argument("--methods", default="metapruning,uniform,l1,tp_l1,random")
+    ap.add_argument("--methods", default="metapruning,uniform,l1,tp_l1,random,vib,tucker,tucker_mp")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--base-epochs", type=int, default=None)
     ap.add_argument("--pn-epochs", type=int, default=None)
@@ -220,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         band = Band.around([b * pricer.base_macs for b in budgets])
         pcfg_arch = replace(pcfg, channel_multiple=multiple, band=(band.lo, band.hi))
         shared = out / f"pruningnet_{arch}.pt"
+        # tucker_mp prunes to larger budgets (Tucker takes its share after): its own PruningNet over their band
+        tmp_budget = {b: pruning_budget(model, data.input_shape, b * pricer.base_macs, multiple) for b in budgets}
+        tmp_band = Band.around(list(tmp_budget.values()))
+        pcfg_tmp = replace(pcfg, channel_multiple=multiple, band=(tmp_band.lo, tmp_band.hi), finetune_epochs=0)
+        shared_tmp = out / f"pruningnet_{arch}_tucker_mp.pt"
         recalib = recalib_batches(data.train, pcfg.batch_size, pcfg.recalib_batches, 0)
         pn: PruningNet | None = None
         for frac in [float(b) for b in args.run_budgets.split(",")] if args.run_budgets else budgets:
@@ -246,6 +241,30 @@ def main(argv: list[str] | None = None) -> int:
                         if res.rank_check is not None:
                             extra["rank_check"] = res.rank_check
                             print(f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures", flush=True)
+                    elif method == "vib":  # gate training as long as the PruningNet's
+                        vcfg = replace(VIB_PRESETS["bench"], epochs=pcfg.pruningnet_epochs)
+                        res = vib_prune(model, data, replace(pcfg_arch, budget=budget, seed=seed), vcfg, out / f"work_vib_{arch}_{frac}_{seed}", quiet=True)
+                        small, extra = res.model, {"start": "vib", "vib_seconds": res.seconds}
+                    elif method in ("tucker", "tucker_mp"):
+                        lcfg = LowRankConfig(budget=budget, rank_multiple=multiple, finetune=tcfg)
+                        source = model
+                        if method == "tucker_mp":
+                            work = out / f"work_tucker_mp_{arch}_{frac}"  # one search per budget, shared by the seeds
+                            if shared_tmp.exists() and not (work / "pruningnet.pt").exists():
+                                work.mkdir(parents=True, exist_ok=True)
+                                shutil.copyfile(shared_tmp, work / "pruningnet.pt")
+                            res = prune_model(model, data, replace(pcfg_tmp, budget=tmp_budget[frac], seed=seed, search_seed=0), work, quiet=True)
+                            if not shared_tmp.exists():
+                                shutil.copyfile(work / "pruningnet.pt", shared_tmp)
+                            source = res.model
+                            extra = {"start": res.init, "prune_budget": tmp_budget[frac], "widths": res.widths}
+                        try:
+                            lr = lowrank_model(source, data, lcfg, out / f"work_{method}_{arch}_{frac}_{seed}", teacher=model, quiet=True)
+                        except MetaedgeError as exc:
+                            print(f"  {arch} {frac:.2f} {method}: {exc}; skipped", flush=True)
+                            continue
+                        small = lr.model
+                        extra = {"start": "inherited", **extra, "ranks": lr.ranks}
                     elif method == "tp_l1":
                         small, why = tp_l1(model, data.train.tensors[0][:1], budget, multiple)
                         if small is None:
@@ -255,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         extra = {"start": "inherited"}
                     else:
                         if method in ("uniform", "l1"):
-                            widths = uniform_widths(space, cost, budget)
+                            widths = uniform_widths(space, cost, budget, stop_at=FILL * budget)
                         elif method == "random":
                             rng = random.Random(1000 + seed)
                             genes = None
@@ -300,7 +319,7 @@ def render(rows: list[dict]) -> str:
         groups.setdefault((r["arch"], r["budget"], r["method"]), []).append(r)
     lines = ["| network | MACs budget | method | top-1 test % (mean ± sd) | seeds | MMACs | budget use | params | ORT 1-thread p50 ms | start | wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5}
+    order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5, "vib": 6, "tucker": 7, "tucker_mp": 8}
     for (arch, budget, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], order.get(kv[0][2], 9))):
         accs = [r["test_acc"] * 100 for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -332,7 +351,7 @@ def plot(rows: list[dict], path: Path) -> None:
     archs = sorted({r["arch"] for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.5), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for method in ("unpruned", "metapruning", "uniform", "l1", "tp_l1", "random"):
+        for method in ("unpruned", "metapruning", "uniform", "l1", "tp_l1", "random", "vib", "tucker", "tucker_mp"):
             rs = [r for r in rows if r["arch"] == arch and r["method"] == method]
             if rs:
                 ax.scatter([r["latency_ms"] for r in rs], [r["test_acc"] * 100 for r in rs], label=method, s=18, marker="*" if method == "unpruned" else "o")

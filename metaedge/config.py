@@ -21,6 +21,8 @@ from metaedge.latency import TimingConfig
 __all__ = ["PipelineConfig", "load_config_file", "merge_overrides"]
 
 _OFF = ("off", "none", "no", "false", "0", "")
+PRUNERS = ("metapruning", "vib", "uniform", "l1", "none")
+LOWRANK = ("off", "tucker")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class PipelineConfig:
     prune_macs: str | None = "0.5"  # fraction of the baseline ("0.5") or absolute ("20M"); None: no pruning
     prune_preset: str = "demo"
     prune_latency: str | None = None  # latency budget on targets[0]: "2ms", "500us", or a fraction of the measured baseline ("0.6")
+    pruner: str = "metapruning"  # channel pruner: "metapruning" | "vib" | "uniform" | "l1" | "none" (with lowrank only)
+    lowrank: str = "off"  # "tucker": kxk convs by Tucker-2, linears by SVD, after the pruner, to the same MACs budget
     quant: str | None = "w8a8"  # "w8a8", "w4a8", ...; None: no quantization
     quantizer: str = "metaquant"  # "metaquant" | "ste" | "lsq" | "ptq"
     quant_preset: str = "demo"
@@ -42,6 +46,7 @@ class PipelineConfig:
     targets: tuple[str, ...] = ("x86", "rpi4")
     device: str | None = None  # tracker-host:port/key or host:port for remote measurement
     backend: str = "auto"
+    tune_trials: int = 0  # MetaSchedule trials per target for TVM (0: the database as it is + default schedules)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)  # input_size None: the data's own size, 16 for digits
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=64, lr=0.05))
@@ -49,6 +54,8 @@ class PipelineConfig:
     timing: TimingConfig = field(default_factory=lambda: TimingConfig(warmup=10, repeats=100, threads=1))
 
     def __post_init__(self) -> None:
+        if int(self.tune_trials) < 0:
+            raise MetaedgeError(f"--tune-trials {self.tune_trials} is negative", "pass 0 (no tuning) or a trial count such as 500")
         if self.width_mult is not None and self.width_mult <= 0:
             raise MetaedgeError(f"width multiplier {self.width_mult} must be positive", "pass e.g. --width-mult 0.5")
         if self.quantizer not in ("metaquant", "ste", "lsq", "ptq"):
@@ -64,6 +71,16 @@ class PipelineConfig:
             raise MetaedgeError("prune presets are demo, bench or full; quant presets demo or full", "fix --prune-preset / --quant-preset")
         if self.quantizer == "ptq" and self.quant_enabled and str(self.quant).lower() != "w8a8":
             raise MetaedgeError(f"--quantizer ptq gives int8 weights, not {self.quant}", "use --quant w8a8 with ptq, or --quantizer metaquant/ste for fewer bits")
+        if self.pruner not in PRUNERS:
+            raise MetaedgeError(f"unknown pruner {self.pruner!r}", f"use --pruner {', '.join(PRUNERS)}")
+        if self.lowrank not in LOWRANK:
+            raise MetaedgeError(f"unknown low-rank method {self.lowrank!r}", f"use --lowrank {' or '.join(LOWRANK)}")
+        if self.lowrank == "tucker" and self.latency_budget_enabled:
+            raise MetaedgeError("--lowrank tucker takes a MACs budget, not --prune-latency", "pass --prune-macs (e.g. 0.5) with --lowrank tucker, or --lowrank off")
+        if self.lowrank == "tucker" and not self.prune_enabled:
+            raise MetaedgeError("--lowrank tucker needs a MACs budget", "pass --prune-macs, e.g. 0.5 or 20M")
+        if self.pruner == "none" and self.lowrank == "off" and (self.prune_enabled or self.latency_budget_enabled):
+            raise MetaedgeError("--pruner none leaves nothing to spend the budget on", "add --lowrank tucker, pick a pruner, or pass --prune-macs off")
         if self.latency_budget_enabled and not self.targets:
             raise MetaedgeError("--prune-latency needs a target to measure on", "add --target NAME (e.g. --target rpi4 --device host:port/key)")
         if self.timing.threads < 1:

@@ -46,7 +46,7 @@ def tool_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for pkg in ("metaedge", "torch", "onnx", "onnxruntime", "onnxscript", "apache-tvm", "numpy", "scikit-learn"):
+    for pkg in ("metaedge", "torch", "onnx", "onnxruntime", "onnxscript", "apache-tvm", "numpy", "scikit-learn", "tensorly"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -123,7 +123,15 @@ def _stage_baseline(cfg: PipelineConfig, data: DataSplits, log: Log, quiet: bool
     return model.eval(), info
 
 
+def _method_tag(cfg: PipelineConfig) -> str:
+    """Cache-directory suffix of the compression method ("" for MetaPruning alone, the original layout)."""
+    return ("" if cfg.pruner == "metapruning" else f"-{cfg.pruner}") + ("-tucker" if cfg.lowrank == "tucker" else "")
+
+
 def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool, budget_fn=None, latency_budget_ms: float | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """Channel pruning (--pruner) and/or Tucker low rank (--lowrank) to the budget. Combined, the pruner
+    runs first on the original graph to its share of the budget (lowrank.pruning_budget), Tucker then
+    factorizes the pruned layers to meet the budget exactly, and one fine-tune ends it, as for every method."""
     from metaedge.compress import metapruning as mp
 
     preset = mp.PRESETS[cfg.prune_preset]
@@ -131,32 +139,61 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
     if budget_fn is not None:
         budget = float(latency_budget_ms)
         prune_cfg = replace(preset, budget_kind="latency", budget=budget)
-        log(f"prune: MetaPruning to <= {budget:.3f} ms predicted on {cfg.targets[0]}, preset {cfg.prune_preset}")
+        what = f"<= {budget:.3f} ms predicted on {cfg.targets[0]}"
     else:
         budget = mp.parse_budget(str(cfg.prune_macs), base.macs)
         prune_cfg = replace(preset, budget_kind="macs", budget=budget)
-        log(f"prune: MetaPruning to <= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M), preset {cfg.prune_preset}")
-    res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
-    cost = count_cost(res.model, data.input_shape)
+        what = f"<= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M)"
+    tucker = cfg.lowrank == "tucker"
+    method = "+".join(m for m in (cfg.pruner if cfg.pruner != "none" else "", "tucker" if tucker else "") if m)
+    log(f"prune: {method} to {what}, preset {cfg.prune_preset}")
+    small, info, plot = model, {}, None
+    if cfg.pruner != "none":
+        if tucker:
+            from metaedge.compress.lowrank import pruning_budget
+
+            # Tucker only removes MACs: the pruner must land close under its share (0.98, not the search's usual 0.95)
+            prune_cfg = replace(prune_cfg, budget=pruning_budget(model, data.input_shape, budget, preset.channel_multiple), finetune_epochs=0,
+                                search_floor=max(prune_cfg.search_floor, 0.98))
+            log(f"prune: {cfg.pruner} to {prune_cfg.budget / 1e6:.2f}M MACs first, then Tucker on the pruned layers, then one fine-tune")
+        small, info, plot = _run_pruner(cfg, model, data, prune_cfg, workdir, quiet, budget_fn)
+    if tucker:
+        from metaedge.compress.lowrank import LowRankConfig, lowrank_model
+
+        res = lowrank_model(small, data, LowRankConfig(budget=budget, rank_multiple=preset.channel_multiple, finetune=preset.finetune_config()),
+                            workdir / "tucker", teacher=model, quiet=quiet)
+        small, lowrank = res.model, res.summary()
+        info.update(ranks=lowrank.pop("ranks"), lowrank=lowrank, seconds={**info.get("seconds", {}), **{f"tucker_{k}": v for k, v in res.seconds.items()}})
+        if cfg.pruner != "none":
+            info["prune_budget"] = prune_cfg.budget
+    cost = count_cost(small, data.input_shape)
     if cost.macs > budget and budget_fn is None:
         raise MetaedgeError(f"pruned model has {cost.macs} MACs, over the budget {budget:.0f}", "this is a bug in the search; report it with the search log")
-    info = {
-        "method": "metapruning",
-        "budget_kind": prune_cfg.budget_kind,
-        "budget": budget,
-        "macs": cost.macs,
-        "params": cost.params,
-        "widths": res.widths,
-        "accuracy": _accuracy(res.model, data),
-        "search_accuracy": res.search_accuracy,
-        "search_log": str(res.search_log),
-        "start": res.init,
-        "start_accuracy": res.start_accuracy,
-        "seconds": res.seconds,
-    }
-    if res.rank_check is not None:
-        info["rank_check"] = res.rank_check
-    return res.model.eval(), info, res.plot
+    info = {"method": method, "budget_kind": prune_cfg.budget_kind, "budget": budget, "macs": cost.macs, "params": cost.params,
+            **({"budget_use": cost.macs / budget} if budget_fn is None else {}), **info, "accuracy": _accuracy(small, data)}
+    return small.eval(), info, plot
+
+
+def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """The --pruner's small model, its manifest entries (widths, seconds, method details) and search plot (MetaPruning only)."""
+    from metaedge.compress import metapruning as mp
+
+    if cfg.pruner == "metapruning":
+        res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
+        info = {"widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
+                "start_accuracy": res.start_accuracy, "seconds": res.seconds}
+        if res.rank_check is not None:
+            info["rank_check"] = res.rank_check
+        return res.model, info, res.plot
+    if cfg.pruner == "vib":
+        from metaedge.compress.vib import PRESETS as VIB_PRESETS, vib_prune
+
+        out = vib_prune(model, data, prune_cfg, VIB_PRESETS[cfg.prune_preset], workdir, budget_fn=budget_fn, quiet=quiet)
+    else:
+        from metaedge.compress.metapruning.baselines import prune_baseline
+
+        out = prune_baseline(model, data, cfg.pruner, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
+    return out.model, {"widths": out.widths, "seconds": out.seconds, **out.details}, None
 
 
 def _latency_budget(cfg: PipelineConfig, baseline: nn.Module, data: DataSplits, out: ArtifactDir, log: Log):
@@ -241,7 +278,7 @@ def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, fp32_o
     log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.effective_weight_quantizer} weights, layer bits {mq.parse_bit_policy(qcfg.layer_bits).to_spec()}), "
         f"{profile} QDQ profile ({why}), preset {cfg.quant_preset}")
     tag = hashlib.sha256(json.dumps(asdict(qcfg), sort_keys=True).encode()).hexdigest()[:8]
-    res = mq.quantize_model(model, data, qcfg, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.quant_preset}-{cfg.prune_macs}-{tag}", quiet=quiet)
+    res = mq.quantize_model(model, data, qcfg, workdir / f"quant-{cfg.quant}-{cfg.quantizer}-{cfg.quant_preset}-{cfg.prune_macs}{_method_tag(cfg)}-{tag}", quiet=quiet)
     export = export_qdq(res.model, example, onnx_path, profile=profile)
     parity = check_qdq_parity(res.model, onnx_path, data.val.tensors[0])
     info = {
@@ -264,6 +301,13 @@ def _stage_ptq(fp32_onnx: Path, onnx_path: Path, data: DataSplits, log: Log, pro
     t0 = time.perf_counter()
     quantize_ptq(fp32_onnx, onnx_path, [x[i : i + 32].numpy() for i in range(0, min(len(x), 256), 32)], profile=profile)
     return {"method": "ptq", "weight_bits": 8, "act_bits": 8, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _tvm_options(cfg: PipelineConfig, target_name: str):
+    from metaedge.deploy.backends.tvm import TvmOptions, tuning_dir_for
+
+    return TvmOptions(tune_trials=int(cfg.tune_trials), tuning_dir=tuning_dir_for(target_name, cfg.cache_dir),
+                      tune_device=cfg.device, threads=cfg.timing.threads)
 
 
 def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> PipelineResult:
@@ -303,11 +347,12 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
         if cfg.latency_budget_enabled:
             budget_fn, budget_ms, lat_info = _latency_budget(cfg, model, data, out, log)
         tag = f"lat{cfg.prune_latency}-{cfg.targets[0]}" if budget_fn is not None else f"{cfg.prune_macs}"
-        model, prune_info, plot = _stage_prune(cfg, model, data, workdir / f"prune-{tag}-{cfg.prune_preset}", log, quiet, budget_fn=budget_fn, latency_budget_ms=budget_ms if budget_fn else None)
+        model, prune_info, plot = _stage_prune(cfg, model, data, workdir / f"prune-{tag}-{cfg.prune_preset}{_method_tag(cfg)}", log, quiet, budget_fn=budget_fn, latency_budget_ms=budget_ms if budget_fn else None)
         if lat_info is not None:
             from metaedge.compress.cost import layer_specs
 
             lat_info["predicted_ms"] = budget_fn(layer_specs(model, data.input_shape))
+            prune_info["budget_use"] = lat_info["predicted_ms"] / budget_ms
             prune_info["latency_budget"] = lat_info
         if plot is not None and Path(plot).exists():
             with atomic_path(out.path("pruning_search.png")) as tmp:
@@ -371,7 +416,8 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
         for name in cfg.targets:
             target = get_target(name)
             log(f"compile: {name} ({cfg.backend})")
-            section = compile_for_target(onnx_path, target, out.root, backends=cfg.backend, timing=cfg.timing, device=cfg.device)
+            section = compile_for_target(onnx_path, target, out.root, backends=cfg.backend, timing=cfg.timing, device=cfg.device,
+                                         tvm_options=_tvm_options(cfg, name))
             out.update(compiled={name: section})
 
     seconds = time.perf_counter() - t_start

@@ -35,6 +35,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-macs", help="MACs budget: fraction of the baseline (0.5) or absolute (20M); 'off' to skip")
     g.add_argument("--prune-preset", choices=("demo", "bench", "full"), help="PruningNet/search/fine-tune effort")
     g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
+    g.add_argument("--pruner", choices=("metapruning", "vib", "uniform", "l1", "none"), help="channel pruner: metapruning (default: PruningNet + evolutionary search), vib (variational information bottleneck gates), "
+                   "uniform (one width ratio) or l1 (uniform widths, largest-L1 filters); none: --lowrank alone")
+    g.add_argument("--lowrank", choices=("off", "tucker"), help="tucker: after the pruner, kxk convs as 1x1-kxk-1x1 (Tucker-2) and linears by SVD, ranks chosen so the whole model meets --prune-macs; off (default)")
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
     g.add_argument("--quantizer", choices=("metaquant", "ste", "lsq", "ptq"), help="QAT with MetaQuant (default), STE or LSQ (learned step sizes), or post-training int8 (ptq, w8a8 only)")
     g.add_argument("--quant-preset", choices=("demo", "full"))
@@ -45,6 +48,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
     g.add_argument("--backend", help="auto (default: fastest measured), onnxruntime, tvm, tensorrt")
+    g.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials per target for TVM, kept in the target's tuning database under the cache (default 0: apply what the database has)")
     g.add_argument("--threads", type=positive_int, help="threads for latency measurement (default 1)")
     g.add_argument("--repeats", type=positive_int, help="timed repeats (default 100)")
     g.add_argument("--warmup", type=int, help="warm-up runs (default 10)")
@@ -60,7 +64,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from metaedge.errors import MetaedgeError
 
     o: dict[str, Any] = {}
-    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "quant", "quantizer", "quant_preset", "quant_profile", "quant_layer_bits", "quant_kd", "device", "backend", "seed"):
+    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "pruner", "lowrank", "quant", "quantizer", "quant_preset", "quant_profile", "quant_layer_bits", "quant_kd", "device", "backend", "tune_trials", "seed"):
         v = getattr(args, flag)
         if v is not None:
             o[flag] = v
@@ -107,7 +111,7 @@ def summary_table(manifest: dict[str, Any]):
     t.add_row("baseline fp32", pct(base.get("accuracy", {}).get("val")), pct(base.get("accuracy", {}).get("test")), format_count(base.get("macs", 0)), format_count(base.get("params", 0)), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
     if "prune" in stages:
         pr = stages["prune"]
-        t.add_row("pruned (MetaPruning)", pct(pr["accuracy"].get("val")), pct(pr["accuracy"].get("test")), format_count(pr["macs"]), format_count(pr["params"]), "-" if "quant" in stages else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
+        t.add_row(f"pruned ({pr.get('method', 'metapruning')})", pct(pr["accuracy"].get("val")), pct(pr["accuracy"].get("test")), format_count(pr["macs"]), format_count(pr["params"]), "-" if "quant" in stages else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
     if "quant" in stages:
         q = stages["quant"]
         cost = manifest.get("cost", {})

@@ -6,36 +6,32 @@ checkpoint, plot, summary) and a re-run resumes from whatever a killed run left 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from metaedge.artifacts import atomic_write_json
-from metaedge.compress.cost import LayerSpec, count_cost
-from metaedge.compress.graph import analyze_channels
+from metaedge.compress.metapruning.budget import BudgetFn, setup_pruning
+from metaedge.compress.cost import count_cost
+from metaedge.compress.finetune import finetune
 from metaedge.compress.metapruning.dist import barrier, dist_info
 from metaedge.compress.metapruning.diagnostic import rank_check
 from metaedge.compress.metapruning.plot import plot_search
 from metaedge.compress.metapruning.pruningnet import PruningNet
 from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.search import SearchConfig, evolutionary_search
-from metaedge.compress.metapruning.space import DEFAULT_CHOICES, Pricer, WidthSpace
+from metaedge.compress.metapruning.space import DEFAULT_CHOICES
 from metaedge.compress.metapruning.starts import STARTS, start_model
 from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, score_candidate, train_pruningnet
-from metaedge.compress.train import TrainConfig, evaluate, fit
+from metaedge.compress.train import TrainConfig, evaluate
 from metaedge.data import DataSplits, make_loader
 from metaedge.errors import MetaedgeError
 
-__all__ = ["PRESETS", "PruneConfig", "PruneResult", "parse_budget", "prune_model"]
-
-BudgetFn = Callable[[list[LayerSpec]], float]
+__all__ = ["BudgetFn", "PRESETS", "PruneConfig", "PruneResult", "parse_budget", "prune_model"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +83,10 @@ class PruneConfig:
             raise MetaedgeError(f"unknown fine-tune start {self.start!r}", f"use one of {', '.join((*STARTS, 'best'))}")
         if self.band is not None:
             Band(*self.band)
+
+    def finetune_config(self) -> TrainConfig:
+        """The fine-tune every method ends with (MetaPruning, VIB, uniform, L1, Tucker): same epochs, lr, batch, KD."""
+        return TrainConfig(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.finetune_lr, distill_alpha=self.distill, seed=self.seed)
 
 
 PRESETS: dict[str, PruneConfig] = {
@@ -161,23 +161,8 @@ def prune_model(
         workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     seconds: dict[str, float] = {}
-    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it was
-    example = data.train.tensors[0][:1]
-    input_shape = (1, *example.shape[1:])
-    analysis = analyze_channels(model, example)
-    space = WidthSpace(analysis, cfg.choices, cfg.channel_multiple)
-    if len(space) == 0:
-        raise MetaedgeError("the model has no prunable channel group", "check the warning above for the patterns that fixed its channels, or skip pruning")
-    pricer = Pricer(model, analysis, input_shape)
-    if cfg.budget_kind == "latency" and budget_fn is None:
-        raise MetaedgeError("a latency budget needs a latency model", "pass a target with a latency table, or use a MACs budget")
-    cost_fn: Callable[[dict[str, int]], float] = {
-        "macs": lambda w: float(pricer.macs(w)),
-        "params": lambda w: float(pricer.params(w)),
-        "latency": lambda w: float(budget_fn(pricer.specs(w))),  # type: ignore[misc]
-    }[cfg.budget_kind]
-    base_cost = cost_fn({})
-    budget = cfg.budget if cfg.budget is not None else 0.5 * base_cost
+    setup = setup_pruning(model, data.train.tensors[0][:1], cfg.budget_kind, cfg.budget, cfg.choices, cfg.channel_multiple, budget_fn)
+    model, analysis, space, pricer, cost_fn, budget = setup.model, setup.analysis, setup.space, setup.pricer, setup.cost, setup.budget
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     # 1. PruningNet
@@ -202,7 +187,7 @@ def prune_model(
     train_pruningnet(pn, space, data.train, pn_cfg, pn_ckpt, teacher=teacher, info=info, quiet=quiet, signature=sig, sampler=sampler)
     seconds["pruningnet"] = round(time.perf_counter() - t, 2)
     recalib = recalib_batches(data.train, cfg.batch_size, cfg.recalib_batches, cfg.seed, info)
-    ft = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, distill_alpha=cfg.distill, seed=cfg.seed)
+    ft = cfg.finetune_config()
     start_kind = "generated" if cfg.start == "best" else cfg.start
     check = None
     if cfg.rank_check > 0 and info.is_main:
@@ -240,16 +225,10 @@ def prune_model(
     starts = {k: evaluate(m, val_loader) for k, m in candidates.items()}
     init = max(kinds, key=lambda k: (starts[k], k == "generated"))
     small = candidates[init]
-    train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    if cfg.finetune_epochs > 0:
-        # one checkpoint per winning structure: a re-run with another budget must not load this one
-        tag = hashlib.sha1(json.dumps([res.widths, cfg.seed], sort_keys=True).encode()).hexdigest()[:10]
-        fit(small, train_loader, val_loader, ft, checkpoint=workdir / f"finetune-{tag}.pt" if info.is_main else None,
-            teacher=teacher.cpu() if teacher is not None else None, desc="fine-tune", quiet=quiet or not info.is_main)
-    small.eval()
-    val_acc = evaluate(small, val_loader)
+    # one checkpoint per winning structure: a re-run with another budget must not load this one
+    val_acc = finetune(small, data, ft, workdir if info.is_main else None, [res.widths, cfg.seed], teacher=teacher, quiet=quiet or not info.is_main)
     seconds["finetune"] = round(time.perf_counter() - t, 2)
-    cost = count_cost(small, input_shape)
+    cost = count_cost(small, setup.input_shape)
     plot = None
     if info.is_main:
         chosen = next(r for r in res.records if tuple(r["genes"]) == res.genes)

@@ -17,7 +17,7 @@ import torch.nn as nn
 from metaedge.compress.cost import LayerSpec, count_params, layer_specs
 from metaedge.compress.graph import GraphAnalysis
 
-__all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "repair", "round_width"]
+__all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "fill_widths", "repair", "round_width"]
 
 DEFAULT_CHOICES: tuple[float, ...] = tuple(round(0.10 + 0.03 * i, 2) for i in range(31))  # paper: 0.10 .. 1.00
 
@@ -87,11 +87,20 @@ def repair(genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[st
         if not idx:
             return None
         g[rng.choice(idx)] -= 1
+    return fill_widths(space, g, cost_fn, hi, lambda open_, _g: rng.choice(open_), stop_at=lo)
+
+
+def fill_widths(space: WidthSpace, genes: Sequence[int], cost_fn: Callable[[dict[str, int]], float], budget: float,
+                pick: Callable[[list[int], list[int]], int], stop_at: float | None = None) -> tuple[int, ...]:
+    """Widen genes one step at a time, the one ``pick(open genes, genes)`` names each time, skipping steps
+    that would exceed ``budget``, until no step fits or the cost reaches ``stop_at``. Cost only grows
+    with width, so a step that does not fit never will. Every pruner fills its budget with it."""
+    g = list(genes)
     open_ = [i for i, v in enumerate(g) if v < len(space.options[i]) - 1]
-    while open_ and cost_fn(space.widths(g)) < lo:
-        i = rng.choice(open_)
+    while open_ and (stop_at is None or cost_fn(space.widths(g)) < stop_at):
+        i = pick(open_, g)
         g[i] += 1
-        if cost_fn(space.widths(g)) > hi:
+        if cost_fn(space.widths(g)) > budget:
             g[i] -= 1
             open_.remove(i)
         elif g[i] == len(space.options[i]) - 1:
