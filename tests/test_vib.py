@@ -110,10 +110,12 @@ def test_vib_rerun_resumes_from_its_checkpoints(vib_result):
 def test_vib_meets_the_macs_budget(vib_result):
     base, res, _ = vib_result
     budget = 0.4 * base
-    assert 0.98 * budget <= res.macs <= budget
+    # the greedy fill stops on the width grid (10 ratios here): every pruner's band is 95-100% of the budget
+    assert 0.95 * budget <= res.macs <= budget
     assert res.macs == count_cost(res.model, (1, 3, 8, 8)).macs
     assert res.summary()["budget_use"] == pytest.approx(res.macs / budget)
     assert res.method == "vib" and res.details["gate_history"][0]["gated"] > 0
+    assert res.details["vib"]["budget_control"] and res.details["gate_history"][0]["gamma"] != res.details["vib"]["gamma"]
 
 
 def test_bad_pruner_values_are_one_line_errors(tmp_path):
@@ -122,7 +124,9 @@ def test_bad_pruner_values_are_one_line_errors(tmp_path):
     with pytest.raises(MetaedgeError, match="nothing to spend the budget on"):
         PipelineConfig(pruner="none")
     with pytest.raises(MetaedgeError, match="VIB gamma"):
-        VIBConfig(gamma=-1)
+        VIBConfig(gamma=-1, budget_control=False)
+    with pytest.raises(MetaedgeError, match="VIB budget control"):
+        VIBConfig(gamma=0)
     proc = run_cli("compress", "--pruner", "magic", "--out", str(tmp_path))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "invalid choice" in proc.stderr
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from metaedge.compress.metapruning.budget import BudgetFn, channel_costs, setup_pruning
+from metaedge.compress.metapruning.budget import BudgetFn, PruneSetup, channel_costs, setup_pruning
 from metaedge.compress.metapruning.finish import PrunedResult, finish_pruning
 from metaedge.compress.metapruning.api import PRESETS as PRUNE_PRESETS, PruneConfig
 from metaedge.compress.vib.config import PRESETS, VIBConfig
@@ -18,6 +18,22 @@ from metaedge.compress.vib.train import train_gates
 from metaedge.data import DataSplits
 
 __all__ = ["vib_prune"]
+
+
+def informative_fits(setup: PruneSetup):
+    """``fits(gates)``: whether the channels with mu^2 / sigma^2 > 1 (each group's count rounded up to its
+    grouped-conv blocks, at least one block) cost no more than the budget."""
+    groups = setup.analysis.groups
+
+    def fits(gates: ChannelGates) -> bool:
+        r = gates.log_ratio()
+        widths = {}
+        for g in gates.groups:
+            n, chunks = int((r[gates.offsets[g]:gates.offsets[g] + groups[g].size] > 0).sum()), groups[g].chunks
+            widths[g] = max(chunks, -(-n // chunks) * chunks)
+        return setup.cost(widths) <= setup.budget
+
+    return fits
 
 
 def vib_prune(
@@ -42,7 +58,7 @@ def vib_prune(
     gates = ChannelGates(setup.analysis, setup.space.groups, weights, vib.init_log_sigma2, vib.seed)
     net = copy.deepcopy(setup.model)
     t = time.perf_counter()
-    history = train_gates(net, gates, data, vib, ft, teacher, workdir / "vib_gates.pt", quiet)
+    history = train_gates(net, gates, data, vib, ft, teacher, workdir / "vib_gates.pt", quiet, informative_fits(setup))
     seconds = {"gates": round(time.perf_counter() - t, 2)}
     scores = gates.scores()
     widths, keep = keep_by_information(setup.space, setup.cost, setup.budget, scores)
@@ -51,5 +67,6 @@ def vib_prune(
     removed = torch.cat([scores[g][torch.isin(torch.arange(len(scores[g])), keep[g], invert=True)] for g in keep]) if keep else torch.zeros(0)
     details = {"gate_history": history, "kept_channels": int(kept.numel()), "removed_channels": int(removed.numel()),
                "kept_log_ratio_min": float(kept.min()) if kept.numel() else None,
-               "removed_log_ratio_max": float(removed.max()) if removed.numel() else None, "vib": {"gamma": vib.gamma, "epochs": vib.epochs}}
+               "removed_log_ratio_max": float(removed.max()) if removed.numel() else None, "vib": {"gamma": vib.gamma, "final_gamma": history[-1].get("gamma") if history else None,
+                                                                 "budget_control": vib.budget_control, "epochs": vib.epochs}}
     return finish_pruning(setup, net, widths, keep, data, ft, cfg.recalib_batches, workdir, "vib", teacher, quiet, seconds, details)

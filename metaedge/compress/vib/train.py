@@ -8,8 +8,10 @@ A checkpoint after every epoch lets a killed run resume.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -38,9 +40,12 @@ class _Optimizers:
 
 
 def train_gates(model: nn.Module, gates: ChannelGates, data: DataSplits, cfg: VIBConfig, train: TrainConfig, teacher: nn.Module | None = None,
-                checkpoint: Path | None = None, quiet: bool = False) -> list[dict]:
+                checkpoint: Path | None = None, quiet: bool = False, fits: Callable[[ChannelGates], bool] | None = None) -> list[dict]:
     """Train ``model`` and ``gates`` in place; returns the per-epoch history (loss, KL, gated channels
-    with mu^2 / sigma^2 < 1). ``train`` gives batch size, KD weight and temperature, label smoothing, seed."""
+    with mu^2 / sigma^2 < 1, gamma). ``train`` gives batch size, KD weight and temperature, label smoothing, seed.
+    ``fits(gates)``: whether the informative channels fit the budget, for ``cfg.budget_control``."""
+    if cfg.budget_control and fits is None:
+        raise ValueError("VIB budget control needs fits(gates)")
     sched = replace(train, epochs=cfg.epochs, lr=cfg.lr)
     torch.manual_seed(cfg.seed)
     opt_w = make_sgd(model.parameters(), cfg.lr, train.momentum, train.weight_decay)
@@ -50,6 +55,7 @@ def train_gates(model: nn.Module, gates: ChannelGates, data: DataSplits, cfg: VI
     signature = {"vib": asdict(cfg), "train": asdict(sched)}  # not the fine-tune's epochs / lr
     both, opts = nn.ModuleDict({"model": model, "gates": gates}), _Optimizers(opt_w, opt_g)
     start, history = resume_checkpoint(checkpoint, signature, both, opts, "VIB")  # type: ignore[arg-type]
+    gamma = history[-1].get("gamma", cfg.gamma) if history else cfg.gamma
     criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
     a = train.distill_alpha if teacher is not None else 0.0
     if teacher is not None:
@@ -73,18 +79,20 @@ def train_gates(model: nn.Module, gates: ChannelGates, data: DataSplits, cfg: VI
                         t_out = teacher(x)
                     loss = (1 - a) * loss + a * kd_loss(out, t_out, train.distill_temperature)
                 kl = gates.kl()
-                total_loss = loss + cfg.gamma * kl
+                total_loss = loss + gamma * kl
                 opt_w.zero_grad(set_to_none=True)
                 opt_g.zero_grad(set_to_none=True)
                 total_loss.backward()
                 opt_w.step()
                 opt_g.step()
+                if cfg.budget_control:
+                    gamma *= math.exp(-cfg.control_rate if fits(gates) else cfg.control_rate)  # type: ignore[misc]
                 sums["loss"] += loss.item()
                 sums["kl"] += kl.item()
                 bar.update(task, advance=1, info=f"ep {epoch + 1}/{cfg.epochs} loss {sums['loss'] / (i + 1):.3f} KL {sums['kl'] / (i + 1):.2f}")
             low = int((gates.log_ratio() < 0).sum())
-            history.append({"epoch": epoch + 1, "loss": sums["loss"] / len(loader), "kl": sums["kl"] / len(loader), "uninformative": low, "gated": gates.total})
-            bar.update(task, info=f"ep {epoch + 1}/{cfg.epochs} loss {history[-1]['loss']:.3f} KL {history[-1]['kl']:.2f}, {low}/{gates.total} channels below ratio 1")
+            history.append({"epoch": epoch + 1, "loss": sums["loss"] / len(loader), "kl": sums["kl"] / len(loader), "uninformative": low, "gated": gates.total, "gamma": gamma})
+            bar.update(task, info=f"ep {epoch + 1}/{cfg.epochs} loss {history[-1]['loss']:.3f} KL {history[-1]['kl']:.2f} gamma {gamma:.3g}, {low}/{gates.total} channels below ratio 1")
             if checkpoint is not None:
                 with atomic_path(checkpoint) as tmp:
                     torch.save({"model": both.state_dict(), "optimizer": opts.state_dict(), "epoch": epoch + 1, "history": history, "config": signature}, tmp)
