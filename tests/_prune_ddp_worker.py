@@ -10,10 +10,11 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _prune_models import ALL  # noqa: E402
+from metaedge.compress.dist import dist_info  # noqa: E402
 from metaedge.compress.graph import analyze_channels  # noqa: E402
 from metaedge.compress.metapruning import PruningNet, WidthSpace  # noqa: E402
-from metaedge.compress.metapruning.dist import dist_info  # noqa: E402
 from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, score_candidate, train_pruningnet  # noqa: E402
+from metaedge.compress.train import TrainConfig  # noqa: E402
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)
@@ -30,7 +31,7 @@ pn = PruningNet(model, a, hidden=4)
 seen_widths = []
 orig = pn.set_widths
 pn.set_widths = lambda w: (seen_widths.append(dict(w)), orig(w))[1]  # record what each rank trains
-hist = train_pruningnet(pn, space, ds, PNTrainConfig(epochs=2, batch_size=16, distill_alpha=0.0), out / "pn.pt", info=info, quiet=True)
+hist = train_pruningnet(pn, space, ds, PNTrainConfig(TrainConfig(epochs=2, batch_size=16, weight_decay=0.0)), out / "pn.pt", info=info, quiet=True).history
 acc = score_candidate(pn, space.widths(space.smallest()), recalib_batches(ds, 16, 2, 0, info), ds, info)
 digest = float(sum(p.double().sum() for p in pn.parameters()))
 

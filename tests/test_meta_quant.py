@@ -11,8 +11,9 @@ from torch.utils.data import TensorDataset
 
 from metaedge.compress.metaquant import QuantConfig, quantize_model
 from metaedge.compress.metaquant.meta import MetaNet
+from metaedge.compress.metaquant.qat import QATConfig, _update_of, calibrate, prepare_qat, quant_layers, train_qat
 from metaedge.compress.metaquant.quantizers import make_weight_quantizer
-from metaedge.compress.metaquant.qat import _update_of, calibrate, prepare_qat, quant_layers, train_qat
+from metaedge.compress.train import TrainConfig
 from metaedge.data import DataSplits, make_loader
 from metaedge.errors import MetaedgeError
 
@@ -53,6 +54,12 @@ def prepared(bits=2, kind="symmetric"):
     return m
 
 
+def qat(method: str, epochs: int, lr: float, optimizer: str = "sgd", meta_variant: str = "fc", meta_lr: float = 1e-3, kd_alpha: float = 0.0) -> QATConfig:
+    """QAT settings as these tests train them: labels without smoothing, weight decay 5e-5."""
+    train = TrainConfig(epochs=epochs, lr=lr, weight_decay=5e-5, label_smoothing=0.0, distill_alpha=kd_alpha)
+    return QATConfig(method, train, meta_variant, meta_lr, optimizer=optimizer)
+
+
 def loaders():
     d = splits()
     return make_loader(d.train, 32, True, seed=0, drop_last=True), make_loader(d.val, 64, False)
@@ -64,13 +71,12 @@ def test_meta_network_learns_and_loss_falls():
     losses = []
     meta = MetaNet("fc")
     before = [p.detach().clone() for p in meta.parameters()]
-    out = train_qat(m, tl, vl, method="metaquant", meta_variant="fc", epochs=4, lr=0.05, meta_lr=1e-3, quiet=True, on_step=lambda s: losses.append(s["loss"]), meta=meta)
-    assert out["meta"] is meta
+    out = train_qat(m, tl, vl, qat("metaquant", 4, 0.05), quiet=True, on_step=lambda s: losses.append(s["loss"]), meta=meta)
     # Adam moved phi: the task loss reached the meta network through W_meta -> Q -> forward
     assert any((p - q).abs().max() > 1e-6 for p, q in zip(meta.parameters(), before))
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
     assert last < 0.7 * first, (first, last)
-    assert out["val_accuracy"] > 0.5
+    assert out.val_accuracy > 0.5
 
 
 @pytest.mark.parametrize("variant", ["fc", "multifc", "lstmfc"])
@@ -86,7 +92,7 @@ def test_meta_gradient_reaches_phi_through_the_look_ahead(variant):
     def grads(step):  # runs after the optimisers stepped; phi's .grad is from this step's backward
         seen.append([None if p.grad is None else p.grad.detach().clone() for p in meta.parameters()])
 
-    train_qat(m, tl, vl, method="metaquant", meta_variant=variant, epochs=1, lr=0.05, meta_lr=1e-2, quiet=True, meta=meta, on_step=grads)
+    train_qat(m, tl, vl, qat("metaquant", 1, 0.05, meta_variant=variant, meta_lr=1e-2), quiet=True, meta=meta, on_step=grads)
     assert len(seen) == len(tl) >= 3
     assert all(g is None for g in seen[0])  # first step: no previous gradient, plain STE
     for step in seen[1:]:
@@ -206,18 +212,20 @@ def test_ste_switch_has_no_meta_network_and_trains():
     m = prepared()
     before = {n: l.weight.detach().clone() for n, l in quant_layers(m)}
     tl, vl = loaders()
-    out = train_qat(m, tl, vl, method="ste", meta_variant="fc", epochs=2, lr=0.05, meta_lr=1e-3, quiet=True)
-    assert out["meta"] is None
+    meta = MetaNet("fc")
+    before_meta = [p.detach().clone() for p in meta.parameters()]
+    train_qat(m, tl, vl, qat("ste", 2, 0.05), quiet=True, meta=meta)
+    assert all(torch.equal(p, q) for p, q in zip(meta.parameters(), before_meta))  # STE leaves a meta network alone
     assert any(not torch.equal(before[n], l.weight) for n, l in quant_layers(m))
-    with pytest.raises(MetaedgeError):
-        train_qat(m, tl, vl, method="sgd", meta_variant="fc", epochs=1, lr=0.05, meta_lr=1e-3, quiet=True)
+    with pytest.raises(MetaedgeError, match="unknown QAT method"):
+        qat("sgd", 1, 0.05)
 
 
 def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
     tl, vl = loaders()
-    kw = dict(method="metaquant", meta_variant="fc", lr=0.05, meta_lr=1e-3, quiet=True)
+    cfg = qat("metaquant", 2, 0.05)
     ref = prepared()
-    train_qat(ref, tl, vl, epochs=2, checkpoint=tmp_path / "a.ckpt", config={"k": 1}, **kw)
+    train_qat(ref, tl, vl, cfg, checkpoint=tmp_path / "a.ckpt", signature={"k": 1}, quiet=True)
     # "killed" at the start of epoch 2, then resumed from the checkpoint with a fresh model
 
     class Killed(Exception):
@@ -229,17 +237,19 @@ def test_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
 
     part = prepared()
     with pytest.raises(Killed):
-        train_qat(part, tl, vl, epochs=2, checkpoint=tmp_path / "b.ckpt", config={"k": 1}, on_step=kill, **kw)
+        train_qat(part, tl, vl, cfg, checkpoint=tmp_path / "b.ckpt", signature={"k": 1}, on_step=kill, quiet=True)
     state = torch.load(tmp_path / "b.ckpt", weights_only=True)
-    assert state["epoch"] == 1 and "meta" in state and state["prev_grad"]
+    assert state["epoch"] == 1 and "meta" in state["extra"] and state["extra"]["prev_grad"]
     resumed = prepared()
     ckpt = tmp_path / "b.ckpt"
-    out = train_qat(resumed, tl, vl, epochs=2, checkpoint=ckpt, config={"k": 1}, **kw)
-    assert [h["epoch"] for h in out["history"]] == [1, 2]
+    out = train_qat(resumed, tl, vl, cfg, checkpoint=ckpt, signature={"k": 1}, quiet=True)
+    assert [h["epoch"] for h in out.history] == [1, 2] and out.epochs_run == 1
     for (n, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), n
-    with pytest.raises(MetaedgeError, match="other settings"):
-        train_qat(prepared(), tl, vl, epochs=2, checkpoint=ckpt, config={"k": 2}, **kw)
+    with pytest.raises(MetaedgeError, match="other QAT settings"):
+        train_qat(prepared(), tl, vl, cfg, checkpoint=ckpt, signature={"k": 2}, quiet=True)
+    with pytest.raises(MetaedgeError, match="other QAT settings"):
+        train_qat(prepared(), tl, vl, qat("metaquant", 2, 0.05, meta_lr=1e-2), checkpoint=ckpt, signature={"k": 1}, quiet=True)
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
@@ -268,11 +278,11 @@ def test_ste_with_adam_and_live_bn_trains():
     bn = next(layer.bn for _, layer in quant_layers(m) if layer.bn is not None)
     stats = bn.running_mean.clone()
     tl, vl = loaders()
-    out = train_qat(m, tl, vl, method="ste", epochs=2, lr=1e-3, optimizer="adam", quiet=True)
-    assert out["val_accuracy"] > 0.5
+    out = train_qat(m, tl, vl, qat("ste", 2, 1e-3, optimizer="adam"), quiet=True)
+    assert out.val_accuracy > 0.5
     assert not torch.equal(stats, bn.running_mean)  # BN ran on batch statistics and kept tracking
-    with pytest.raises(MetaedgeError):
-        train_qat(m, tl, vl, method="ste", epochs=1, lr=1e-3, optimizer="rmsprop", quiet=True)
+    with pytest.raises(MetaedgeError, match="unknown QAT optimizer"):
+        qat("ste", 1, 1e-3, optimizer="rmsprop")
 
 
 def test_lsq_learns_its_steps():
@@ -283,8 +293,8 @@ def test_lsq_learns_its_steps():
     act = m.act_quant_1.scale.detach().clone()
     assert all(f"{n}.wq.step" in m.state_dict() for n in steps)  # saved with the model
     tl, vl = loaders()
-    out = train_qat(m, tl, vl, method="lsq", epochs=3, lr=0.02, quiet=True)
-    assert out["val_accuracy"] > 0.5
+    out = train_qat(m, tl, vl, qat("lsq", 3, 0.02), quiet=True)
+    assert out.val_accuracy > 0.5
     assert all(not torch.equal(steps[n], layer.wq.step) for n, layer in quant_layers(m))
     assert not torch.equal(act, m.act_quant_1.scale.detach())  # learned after the observing epoch
 
@@ -295,15 +305,15 @@ def test_distillation_from_a_teacher_enters_the_loss():
     losses = {}
     for alpha in (0.0, 1.0):
         seen = []
-        train_qat(prepared(), tl, vl, method="ste", epochs=1, lr=0.05, teacher=teacher, kd_alpha=alpha, quiet=True, on_step=lambda s: seen.append(s["loss"]))
+        train_qat(prepared(), tl, vl, qat("ste", 1, 0.05, kd_alpha=alpha), teacher=teacher, quiet=True, on_step=lambda s: seen.append(s["loss"]))
         losses[alpha] = seen[0]
     assert losses[0.0] != pytest.approx(losses[1.0])
 
 
 def test_on_epoch_adds_metrics_to_the_history():
     tl, vl = loaders()
-    out = train_qat(prepared(), tl, vl, method="ste", epochs=2, lr=0.05, quiet=True, on_epoch=lambda e, m: {"test_accuracy": 0.5 + e, "training": m.training})
-    assert [h["test_accuracy"] for h in out["history"]] == [0.5, 1.5] and not any(h["training"] for h in out["history"])
+    out = train_qat(prepared(), tl, vl, qat("ste", 2, 0.05), quiet=True, on_epoch=lambda e, m: {"test_accuracy": 0.5 + e, "training": m.training})
+    assert [h["test_accuracy"] for h in out.history] == [0.5, 1.5] and not any(h["training"] for h in out.history)
 
 
 def test_quantize_model_entry_point(tmp_path):

@@ -70,11 +70,11 @@ def test_sandwich_training_runs_resumes_and_reduces_loss(tmp_path):
     cost = lambda w: float(pricer.macs(w))  # noqa: E731
     sampler = WidthSampler(space, cost, Band.around([0.5 * pricer.base_macs]), random_widths=1)
     pn = PruningNet(model, a, hidden=8, init_from_model=False)
-    cfg = PNTrainConfig(epochs=6, batch_size=32, lr=0.05, distill_alpha=0.0)
-    hist = train_pruningnet(pn, space, data.train, cfg, checkpoint=tmp_path / "pn.pt", quiet=True, sampler=sampler)
+    cfg = PNTrainConfig(TrainConfig(epochs=6, batch_size=32, lr=0.05, weight_decay=0.0))
+    hist = train_pruningnet(pn, space, data.train, cfg, checkpoint=tmp_path / "pn.pt", quiet=True, sampler=sampler).history
     assert len(hist) == 6 and hist[-1]["loss"] < hist[0]["loss"]
     again = train_pruningnet(pn, space, data.train, cfg, checkpoint=tmp_path / "pn.pt", quiet=True, sampler=sampler)
-    assert again == hist  # finished: nothing retrained
+    assert again.history == hist and again.epochs_run == 0  # finished: nothing retrained
 
 
 def test_starts_generated_inherited_scratch():

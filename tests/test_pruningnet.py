@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import torch
+from _prune_models import ALL
 from torch.utils.data import TensorDataset
 
-from _prune_models import ALL
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PruningNet, WidthSpace
 from metaedge.compress.metapruning.pruningnet import GenLayer
 from metaedge.compress.metapruning.training import PNTrainConfig, train_pruningnet
+from metaedge.compress.train import TrainConfig
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -50,8 +51,8 @@ def test_widths_change_generated_weights_after_training_and_loss_drops(tmp_path)
     ys = (xs[:, 0].mean((1, 2)) > 0).long() + 2 * (xs[:, 1].mean((1, 2)) > 0).long()
     ds = TensorDataset(xs, ys)
     _, a, space, pn = _setup(init=False)
-    cfg = PNTrainConfig(epochs=6, batch_size=32, lr=0.05, distill_alpha=0.0)
-    hist = train_pruningnet(pn, space, ds, cfg, checkpoint=tmp_path / "pn.pt", quiet=True)
+    cfg = PNTrainConfig(TrainConfig(epochs=6, batch_size=32, lr=0.05, weight_decay=0.0))
+    hist = train_pruningnet(pn, space, ds, cfg, checkpoint=tmp_path / "pn.pt", quiet=True).history
     assert len(hist) == 6 and hist[-1]["loss"] < hist[0]["loss"]
     assert (tmp_path / "pn.pt").exists()
 
@@ -59,14 +60,14 @@ def test_widths_change_generated_weights_after_training_and_loss_drops(tmp_path)
 def test_checkpoint_resume_matches_uninterrupted(tmp_path):
     torch.manual_seed(0)
     ds = TensorDataset(torch.randn(64, 3, 8, 8), torch.randint(0, 5, (64,)))
-    cfg2 = PNTrainConfig(epochs=2, batch_size=32, distill_alpha=0.0)
+    cfg2 = PNTrainConfig(TrainConfig(epochs=2, batch_size=32, weight_decay=0.0))
     _, _, space, pn_a = _setup()
     train_pruningnet(pn_a, space, ds, cfg2, checkpoint=tmp_path / "a.pt", quiet=True)
     _, _, space, pn_b = _setup()  # stopped ("killed") after epoch 1, then resumed by a fresh process
     train_pruningnet(pn_b, space, ds, cfg2, checkpoint=tmp_path / "b.pt", quiet=True, stop_after=1)
     assert torch.load(tmp_path / "b.pt", weights_only=True)["epoch"] == 1
     _, _, space, pn_c = _setup()
-    hist = train_pruningnet(pn_c, space, ds, cfg2, checkpoint=tmp_path / "b.pt", quiet=True)
-    assert [h["epoch"] for h in hist] == [1, 2]
+    res = train_pruningnet(pn_c, space, ds, cfg2, checkpoint=tmp_path / "b.pt", quiet=True)
+    assert [h["epoch"] for h in res.history] == [1, 2] and res.epochs_run == 1
     for (n, p), (_, q) in zip(pn_a.state_dict().items(), pn_c.state_dict().items()):
         torch.testing.assert_close(p, q, msg=n)

@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from metaedge.artifacts import atomic_write_json
-from metaedge.compress.metapruning.budget import BudgetFn, setup_pruning
 from metaedge.compress.cost import count_cost
+from metaedge.compress.dist import barrier, dist_info
+from metaedge.compress.engine import load_checkpoint, progress
 from metaedge.compress.finetune import finetune
-from metaedge.compress.metapruning.dist import barrier, dist_info
+from metaedge.compress.metapruning.budget import BudgetFn, setup_pruning
 from metaedge.compress.metapruning.diagnostic import rank_check
 from metaedge.compress.metapruning.plot import plot_search
 from metaedge.compress.metapruning.pruningnet import PruningNet
@@ -169,7 +170,7 @@ def prune_model(
     t = time.perf_counter()
     pn = PruningNet(model, analysis, hidden=cfg.hidden, init_from_model=cfg.init_from_model).to(device)
     teacher = copy.deepcopy(model).to(device).eval() if cfg.distill > 0 else None
-    pn_cfg = PNTrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed)
+    pn_cfg = PNTrainConfig(TrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, weight_decay=0.0, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed))
     band = Band(*cfg.band) if cfg.band is not None else Band.around([budget])
     sampler = WidthSampler(space, cost_fn, band, cfg.random_widths, cfg.sandwich, largest=cfg.sandwich_largest)
     pn_ckpt = workdir / "pruningnet.pt"
@@ -179,7 +180,7 @@ def prune_model(
            "band": [band.lo, band.hi], "budget_kind": cfg.budget_kind}
     finished = False
     if pn_ckpt.exists():
-        finished = int(torch.load(pn_ckpt, map_location="cpu", weights_only=True).get("epoch", 0)) >= cfg.pruningnet_epochs
+        finished = int(load_checkpoint(pn_ckpt).get("epoch", 0)) >= cfg.pruningnet_epochs
     if not finished and info.is_main:
         for stale in (search_log, search_log.with_name("search_state.json"), *workdir.glob("finetune*.pt")):
             stale.unlink(missing_ok=True)  # scores of an older PruningNet are meaningless
@@ -201,7 +202,6 @@ def prune_model(
     describe = lambda w: {"macs": pricer.macs(w), "params": pricer.params(w)}  # noqa: E731
     scfg = SearchConfig(population=cfg.population, generations=cfg.generations, parents=cfg.parents, mutation_prob=cfg.mutation_prob,
                         floor=cfg.search_floor, seed=cfg.seed if cfg.search_seed is None else cfg.search_seed)
-    from metaedge.compress.train import progress
 
     with progress(quiet or not info.is_main) as bar:
         task = bar.add_task("search", total=cfg.generations, info="")

@@ -11,42 +11,81 @@ in DistributedDataParallel with a DistributedSampler; the width vector of step `
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from metaedge.artifacts import atomic_path
-from metaedge.compress.metapruning.dist import DistInfo, all_reduce_sum, barrier
+from metaedge.compress.dist import DistInfo, all_reduce_sum
+from metaedge.compress.engine import Step, StepLoss, TrainConfig, TrainHooks, TrainResult, train_loop
 from metaedge.compress.metapruning.pruningnet import PruningNet
 from metaedge.compress.metapruning.sampling import WidthSampler
 from metaedge.compress.metapruning.space import WidthSpace
-from metaedge.compress.train import kd_loss, make_sgd, progress, resume_checkpoint
+from metaedge.compress.train import kd_loss, make_sgd
 
 __all__ = ["PNTrainConfig", "train_pruningnet", "score_candidate", "recalib_batches"]
 
 
+def _pruningnet_train() -> TrainConfig:
+    # paper (MobileNet): no weight decay on the PruningNet; KD from the given (trained) model, 0 disables
+    return TrainConfig(epochs=4, weight_decay=0.0, distill_alpha=0.5)
+
+
 @dataclass(frozen=True)
 class PNTrainConfig:
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0  # paper (MobileNet): no weight decay on the PruningNet
-    label_smoothing: float = 0.1
-    distill_alpha: float = 0.5  # KD from the given (trained) model; 0 disables
-    distill_temperature: float = 4.0
+    train: TrainConfig = field(default_factory=_pruningnet_train)
     inplace_distill: float = 1.0  # sandwich: weight of the largest network's soft targets for the others (rest: labels)
-    seed: int = 0
 
 
 def _step_rng(seed: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + step)
+
+
+class _PruningNetHooks(TrainHooks):
+    """Every step: the sampler's width vectors, one forward and backward each into one optimizer step."""
+
+    def __init__(self, pn: PruningNet, net: nn.Module, sampler: WidthSampler, cfg: PNTrainConfig, teacher: nn.Module | None, distributed: bool) -> None:
+        self.pn, self.net, self.sampler, self.cfg, self.distributed = pn, net, sampler, cfg, distributed
+        self.teacher = teacher if cfg.train.distill_alpha > 0 else None
+        self.device = next(pn.parameters()).device
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.t0 = time.perf_counter()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: Step) -> StepLoss:
+        train = self.cfg.train
+        x, y = x.to(self.device), y.to(self.device)
+        t_out = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_out = self.teacher(x)
+        widths = self.sampler(_step_rng(train.seed, step.step))
+        largest = None
+        for j, w in enumerate(widths):
+            self.pn.set_widths(w)
+            # DDP: reduce gradients once, after the last width's backward
+            with self.net.no_sync() if self.distributed and j < len(widths) - 1 else contextlib.nullcontext():  # type: ignore[operator]
+                out = self.net(x)
+                if largest is not None and self.cfg.inplace_distill > 0:
+                    a = self.cfg.inplace_distill
+                    width_loss = (1 - a) * self.criterion(out, y) + a * kd_loss(out, largest, 1.0)
+                else:
+                    width_loss = self.criterion(out, y)
+                    if t_out is not None:
+                        width_loss = (1 - train.distill_alpha) * width_loss + train.distill_alpha * kd_loss(out, t_out, train.distill_temperature)
+                width_loss.backward()
+            if j == 0:
+                loss = width_loss.detach()
+                largest = out.detach() if self.sampler.sandwich else None
+        return StepLoss(None, {"loss": loss})
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        return {"seconds": time.perf_counter() - self.t0}
 
 
 def train_pruningnet(
@@ -61,89 +100,31 @@ def train_pruningnet(
     signature: dict | None = None,
     stop_after: int | None = None,
     sampler: WidthSampler | None = None,
-) -> list[dict]:
-    """Train ``pn`` in place; returns per-epoch history. Resumes from ``checkpoint`` when present.
+) -> TrainResult:
+    """Train ``pn`` in place; resumes from ``checkpoint`` when present. ``signature``: what else the
+    checkpoint depends on (the model's channel groups, the search space, ...).
 
     ``sampler`` gives each step's width vectors (default: one random vector from the whole space)."""
-    from dataclasses import asdict
-
+    train = cfg.train
     device = next(pn.parameters()).device
-    config = {**asdict(cfg), "signature": signature or {}}
-    opt = make_sgd(pn.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    start, history = resume_checkpoint(checkpoint, config, pn, opt, "PruningNet (or model)")
-    if start >= cfg.epochs:
-        return history
+    opt = make_sgd(pn.parameters(), train.lr, train.momentum, train.weight_decay)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
         from torch.utils.data.distributed import DistributedSampler
 
-        dist_sampler = DistributedSampler(train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=dist_sampler, drop_last=True)
+        shards = DistributedSampler[int](train_ds, num_replicas=info.world, rank=info.rank, shuffle=True, seed=train.seed, drop_last=True)
+        loader = DataLoader(train_ds, batch_size=train.batch_size, sampler=shards, drop_last=True)
         net: nn.Module = DDP(pn, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        dist_sampler = None
-        gen = torch.Generator()
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+        loader = DataLoader(train_ds, batch_size=train.batch_size, shuffle=True, generator=torch.Generator(), drop_last=True)
         net = pn
     if teacher is not None:
         teacher.eval()
-    sampler = sampler or WidthSampler(space, random_widths=1, sandwich=False)
-    steps_per_epoch = len(loader)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    t0 = time.perf_counter()
-    with progress(quiet or not info.is_main) as bar:
-        task = bar.add_task("pruningnet", total=total, completed=start * steps_per_epoch, info="")
-        for epoch in range(start, cfg.epochs):
-            pn.train()
-            if dist_sampler is not None:
-                dist_sampler.set_epoch(epoch)
-            else:
-                loader.generator.manual_seed(cfg.seed * 1000 + epoch)
-            loss_sum = seen = 0.0
-            for i, (x, y) in enumerate(loader):
-                step = epoch * steps_per_epoch + i
-                lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                x, y = x.to(device), y.to(device)
-                t_out = None
-                if teacher is not None and cfg.distill_alpha > 0:
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                opt.zero_grad(set_to_none=True)
-                widths = sampler(_step_rng(cfg.seed, step))
-                largest = None
-                for j, w in enumerate(widths):
-                    pn.set_widths(w)
-                    # DDP: reduce gradients once, after the last width's backward
-                    with net.no_sync() if info.enabled and j < len(widths) - 1 else contextlib.nullcontext():  # type: ignore[operator]
-                        out = net(x)
-                        if largest is not None and cfg.inplace_distill > 0:
-                            a = cfg.inplace_distill
-                            step_loss = (1 - a) * criterion(out, y) + a * kd_loss(out, largest, 1.0)
-                        else:
-                            step_loss = criterion(out, y)
-                            if t_out is not None:
-                                step_loss = (1 - cfg.distill_alpha) * step_loss + cfg.distill_alpha * kd_loss(out, t_out, cfg.distill_temperature)
-                        step_loss.backward()
-                    if j == 0:
-                        loss = step_loss.detach()
-                        largest = out.detach() if sampler.sandwich else None
-                opt.step()
-                loss_sum += loss.item() * len(y)
-                seen += len(y)
-                bar.update(task, advance=1, info=f"ep {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f}")
-            stats = all_reduce_sum(torch.tensor([loss_sum, seen], dtype=torch.float64), info)
-            history.append({"epoch": epoch + 1, "loss": float(stats[0] / max(stats[1], 1)), "seconds": time.perf_counter() - t0})
-            if checkpoint is not None and info.is_main:
-                with atomic_path(checkpoint) as tmp:
-                    torch.save({"model": pn.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history, "config": config}, tmp)
-            barrier(info)
-            if stop_after is not None and epoch + 1 >= stop_after:
-                break  # a deliberate stop (tests, time slicing): resumes like a kill would
+    hooks = _PruningNetHooks(pn, net, sampler or WidthSampler(space, random_widths=1, sandwich=False), cfg, teacher, info.enabled)
+    result = train_loop(pn, loader, [opt], train, hooks, signature={"inplace_distill": cfg.inplace_distill, "model": signature or {}}, checkpoint=checkpoint,
+                        what="PruningNet (or model)", desc="pruningnet", quiet=quiet, dist=info, stop_after=stop_after)
     pn.set_widths({})
-    return history
+    return result
 
 
 def recalib_batches(train_ds: TensorDataset, batch_size: int, n: int, seed: int, info: DistInfo = DistInfo()) -> list[torch.Tensor]:

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from metaedge.compress.engine import TrainConfig
 from metaedge.compress.metaquant.meta import META_VARIANTS, MetaNet, make_meta_net
 from metaedge.compress.metaquant.policy import BitPolicy, parse_bit_policy
 from metaedge.compress.metaquant.profiles import PROFILES, QdqProfile, get_profile
-from metaedge.compress.metaquant.qat import METHODS, OPTIMIZERS
+from metaedge.compress.metaquant.qat import METHODS, OPTIMIZERS, QATConfig
 from metaedge.compress.metaquant.quantizers import WEIGHT_QUANTIZERS, ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
 
@@ -34,6 +35,7 @@ __all__ = [
     "OPTIMIZERS",
     "PRESETS",
     "PROFILES",
+    "QATConfig",
     "QdqProfile",
     "QuantConfig",
     "QuantResult",
@@ -85,6 +87,12 @@ class QuantConfig:
             raise MetaedgeError(f"bad quantization settings (epochs={self.epochs}, lr={self.lr}, meta_lr={self.meta_lr}, calib_batches={self.calib_batches})", "use epochs >= 0, lr > 0, meta_lr > 0, calib_batches >= 1")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise MetaedgeError(f"bad distillation settings (kd_alpha={self.kd_alpha}, kd_temperature={self.kd_temperature})", "use 0 <= kd_alpha <= 1 and kd_temperature > 0")
+
+    def qat_config(self) -> QATConfig:
+        """The QAT loop's settings: the weights' optimizer at momentum 0.9, labels without smoothing, KD from the fp32 model."""
+        train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay, label_smoothing=0.0,
+                            distill_alpha=self.kd_alpha, distill_temperature=self.kd_temperature, seed=self.seed)
+        return QATConfig(self.method, train, self.meta_variant, self.meta_lr, self.meta_hidden, self.optimizer)
 
     @property
     def effective_weight_quantizer(self) -> str:
@@ -181,13 +189,7 @@ def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quie
     calib_acc = evaluate(qmodel, val_loader)
     history = None
     if cfg.epochs > 0:
-        out = train_qat(
-            qmodel, train_loader, val_loader,
-            method=cfg.method, meta_variant=cfg.meta_variant, epochs=cfg.epochs, lr=cfg.lr, meta_lr=cfg.meta_lr,
-            optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, meta_hidden=cfg.meta_hidden, seed=cfg.seed,
-            teacher=teacher, kd_alpha=cfg.kd_alpha, kd_temperature=cfg.kd_temperature,
-            checkpoint=workdir / "qat.ckpt", config=asdict(cfg), quiet=quiet, on_epoch=on_epoch,
-        )
-        history = out["history"]
+        history = train_qat(qmodel, train_loader, val_loader, cfg.qat_config(), teacher=teacher, checkpoint=workdir / "qat.ckpt",
+                            signature=asdict(cfg), quiet=quiet, on_epoch=on_epoch).history
     qmodel.eval()
     return QuantResult(qmodel, evaluate(qmodel, val_loader), evaluate(qmodel, test_loader), time.perf_counter() - t0, cfg, history, calib_acc, layer_table(qmodel))

@@ -21,8 +21,7 @@ knowledge distillation from a teacher (the fp32 model): ``(1 - a) CE + a T^2 KL`
 """
 from __future__ import annotations
 
-import math
-import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from metaedge.artifacts import atomic_path
+from metaedge.compress.engine import Step, StepLoss, TrainConfig, TrainResult, train_loop
 from metaedge.compress.metaquant.layers import QConv2d, QLinear, QuantLayer
 from metaedge.compress.metaquant.meta import DEFAULT_HIDDEN, MetaNet, make_meta_net
 from metaedge.compress.metaquant.prepare import (
@@ -43,12 +42,13 @@ from metaedge.compress.metaquant.prepare import (
     set_export_mode,
     set_observe,
 )
-from metaedge.compress.train import evaluate, kd_loss, load_checkpoint, progress
+from metaedge.compress.train import SupervisedHooks
 from metaedge.errors import MetaedgeError
 
 __all__ = [
     "METHODS",
     "OPTIMIZERS",
+    "QATConfig",
     "QConv2d",
     "QLinear",
     "QuantLayer",
@@ -67,8 +67,24 @@ METHODS = ("metaquant", "ste", "lsq")
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _lr_at(step: int, total: int, lr: float) -> float:
-    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+@dataclass(frozen=True)
+class QATConfig:
+    """QAT settings: the shared ``train`` (epochs, lr, momentum, weight decay, label smoothing, KD
+    weight and temperature, seed) and MetaQuant's own."""
+
+    method: str  # "metaquant" | "ste" | "lsq"
+    train: TrainConfig
+    meta_variant: str = "fc"
+    meta_lr: float = 1e-3  # the meta network's Adam (constant rate)
+    meta_hidden: int | None = None  # None: the variant's default
+    optimizer: str = "sgd"  # for the weights: "sgd" | "adam"
+    observe_epochs: int = 1  # epochs with activation observers on
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MetaedgeError(f"unknown QAT method {self.method!r}", f"use one of {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MetaedgeError(f"unknown QAT optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
 
 
 def _make_optimizer(name: str, weights: list[nn.Parameter], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -77,7 +93,7 @@ def _make_optimizer(name: str, weights: list[nn.Parameter], other: list[nn.Param
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
-    raise MetaedgeError(f"unknown QAT optimizer {name!r}", f"use one of {', '.join(OPTIMIZERS)}")
+    raise AssertionError(name)  # QATConfig admits only OPTIMIZERS
 
 
 def _update_of(opt: torch.optim.Optimizer, p: nn.Parameter, grad: torch.Tensor, lr: float) -> torch.Tensor:
@@ -95,160 +111,133 @@ def _update_of(opt: torch.optim.Optimizer, p: nn.Parameter, grad: torch.Tensor, 
     return lr * grad
 
 
+class _QATHooks(SupervisedHooks):
+    """Observers on for the first epochs; MetaQuant's look-ahead forward (``W_meta``) and late update."""
+
+    def __init__(self, model: fx.GraphModule, cfg: QATConfig, val_loader, teacher: nn.Module | None, opt: torch.optim.Optimizer, meta: MetaNet | None,
+                 on_step: Callable[[dict], None] | None, on_epoch: Callable[[int, nn.Module], dict] | None) -> None:
+        super().__init__(model, cfg.train, val_loader, teacher)
+        self.qat, self.opt, self.meta, self.on_step, self.on_epoch = cfg, opt, meta, on_step, on_epoch
+        self.layers = dict(quant_layers(model))
+        self.meta_opt = torch.optim.Adam(meta.parameters(), lr=cfg.meta_lr) if meta is not None else None
+        self.prev_grad: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def before_epoch(self, epoch: int) -> None:
+        set_observe(self.model, epoch < self.qat.observe_epochs)
+
+    def before_step(self, step: Step) -> None:
+        self.grads = {}
+        if self.meta is None:
+            return
+        self.meta_opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+        lr = self.opt.param_groups[0]["lr"]
+        for name, m in self.layers.items():
+            m.capture = True
+            g_prev = self.prev_grad.get(name)
+            if g_prev is None:
+                m.w_meta = None  # first step: no meta input yet, plain STE forward
+                continue
+            w = m.weight.detach()
+            mg = m.wq.calib(w) * self.meta(g_prev, w, name, m.wq)
+            grad = mg + self.cfg.weight_decay * w
+            m.w_meta = w - _update_of(self.opt, m.weight, grad, lr)
+            self.grads[name] = grad.detach()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: Step) -> StepLoss:
+        out = super().loss(x, y, step)
+        if not torch.isfinite(out.objective):  # type: ignore[arg-type]
+            raise MetaedgeError(f"QAT diverged at epoch {step.epoch + 1} step {step.index + 1} (loss {out.objective.item()})",  # type: ignore[union-attr]
+                                "lower the QAT lr or meta_lr, or use method 'ste'")
+        return out
+
+    def after_backward(self, step: Step) -> None:
+        if self.meta is None:
+            return
+        for name, m in self.layers.items():
+            if m.w_hat is not None and m.w_hat.grad is not None:
+                self.prev_grad[name] = m.w_hat.grad.detach().clone()
+            if name in self.grads:
+                m.weight.grad = self.grads[name]  # late update with the meta gradient
+            elif m.w_hat is not None and m.w_hat.grad is not None and m.weight.grad is None:
+                m.weight.grad = m.w_hat.grad.detach().clone()
+            m.w_hat = None
+            m.w_meta = None
+        self.meta_opt.step()  # type: ignore[union-attr]
+
+    def after_step(self, step: Step, loss: StepLoss) -> None:
+        if self.on_step is not None:
+            self.on_step({"epoch": step.epoch, "step": step.index, "loss": loss.logs["loss"].item()})
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        self.stop_capture()
+        row = super().end_of_epoch(epoch)
+        if self.on_epoch is not None:
+            self.model.eval()
+            with torch.no_grad():
+                row.update(self.on_epoch(epoch, self.model) or {})
+        return row
+
+    def stop_capture(self) -> None:
+        for m in self.layers.values():
+            m.capture = False
+        set_observe(self.model, False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"prev_grad": self.prev_grad}
+        if self.meta is not None:
+            state.update(meta=self.meta.state_dict(), meta_optimizer=self.meta_opt.state_dict())  # type: ignore[union-attr]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prev_grad = dict(state["prev_grad"])
+        if self.meta is not None:
+            self.meta.load_state_dict(state["meta"])
+            self.meta_opt.load_state_dict(state["meta_optimizer"])  # type: ignore[union-attr]
+
+
 def train_qat(
     model: fx.GraphModule,
     train_loader,
     val_loader,
+    cfg: QATConfig,
     *,
-    method: str,
-    meta_variant: str = "fc",
-    epochs: int,
-    lr: float,
-    meta_lr: float = 1e-3,
-    optimizer: str = "sgd",
-    weight_decay: float = 5e-5,
-    momentum: float = 0.9,
-    meta_hidden: int | None = None,
-    label_smoothing: float = 0.0,
     teacher: nn.Module | None = None,
-    kd_alpha: float = 0.0,
-    kd_temperature: float = 4.0,
-    seed: int = 0,
+    meta: MetaNet | None = None,
     checkpoint: Path | None = None,
-    config: dict[str, Any] | None = None,
+    signature: Any = None,
     quiet: bool = False,
-    observe_epochs: int = 1,
     on_step: Callable[[dict], None] | None = None,
     on_epoch: Callable[[int, nn.Module], dict] | None = None,
-    meta: MetaNet | None = None,
-) -> dict[str, Any]:
-    """Train ``model`` (from :func:`prepare_qat`, already calibrated) in place.
+) -> TrainResult:
+    """Train ``model`` (from :func:`prepare_qat`, already calibrated) in place, in eval mode after.
 
-    ``meta``: an existing meta network to train (default: a fresh one of ``meta_variant``).
-    ``on_epoch(epoch, model)`` runs after each epoch's validation, in eval mode; the dict it returns
-    is merged into that epoch's history row (the bench records test accuracy per epoch this way).
-    Returns {"history", "val_accuracy", "seconds", "meta": MetaNet | None}. A checkpoint is written
-    atomically after every epoch (model, meta net, both optimisers, the per-layer meta inputs);
-    with a matching ``config`` a rerun resumes from it.
+    ``meta``: an existing meta network to train (default: a fresh one of ``cfg.meta_variant``; only
+    for method ``metaquant``). ``on_step({"epoch", "step", "loss"})`` runs after every step;
+    ``on_epoch(epoch, model)`` after each epoch's validation, in eval mode: the dict it returns is
+    merged into that epoch's history row (the bench records test accuracy per epoch this way). A
+    checkpoint is written atomically after every epoch (model, meta net, both optimisers, the
+    per-layer meta inputs); a rerun with the same ``cfg`` and ``signature`` resumes from it.
     """
-    if method not in METHODS:
-        raise MetaedgeError(f"unknown QAT method {method!r}", f"use one of {', '.join(METHODS)}")
-    if optimizer not in OPTIMIZERS:
-        raise MetaedgeError(f"unknown QAT optimizer {optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
-    torch.manual_seed(seed)
+    train = cfg.train
+    torch.manual_seed(train.seed)
     layers = [m for _, m in quant_layers(model)]
-    names = [n for n, _ in quant_layers(model)]
     layer_weights = {id(m.weight) for m in layers}
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in layer_weights]
-    opt = _make_optimizer(optimizer, [m.weight for m in layers], other, lr, momentum, 0.0 if method == "metaquant" else weight_decay)
-    meta_opt = None
-    if method != "metaquant":
+    opt = _make_optimizer(cfg.optimizer, [m.weight for m in layers], other, train.lr, train.momentum, 0.0 if cfg.method == "metaquant" else train.weight_decay)
+    if cfg.method != "metaquant":
         meta = None
     else:
-        if meta_variant == "lstmfc":
+        if cfg.meta_variant == "lstmfc":
             n = sum(m.weight.numel() for m in layers)
             if n > 600_000:
-                h = meta.hidden if meta is not None else int(meta_hidden or DEFAULT_HIDDEN["lstmfc"])
+                h = meta.hidden if meta is not None else int(cfg.meta_hidden or DEFAULT_HIDDEN["lstmfc"])
                 raise MetaedgeError(f"LSTMFC keeps a {h}-wide LSTM state for each of the model's {n} weights (~{n * h * 8 * 4 / 2**30:.1f} GiB with its gates)", "use meta variant 'multifc' (chunked) for this model")
-        meta = meta if meta is not None else make_meta_net(meta_variant, meta_hidden)
-        meta_opt = torch.optim.Adam(meta.parameters(), lr=meta_lr)
-    if teacher is not None:
-        teacher.eval()
-    prev_grad: dict[str, torch.Tensor] = {}
-    steps_per_epoch = len(train_loader)
-    total = epochs * steps_per_epoch
-    start_epoch, history = 0, []
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("config") != config:
-            raise MetaedgeError(f"QAT checkpoint {checkpoint} was written with other settings", f"delete {checkpoint} or rerun with the settings it was made with")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if meta is not None:
-            meta.load_state_dict(state["meta"])
-            meta_opt.load_state_dict(state["meta_optimizer"])  # type: ignore[union-attr]
-        prev_grad = dict(state.get("prev_grad", {}))
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    t0 = time.perf_counter()
-    val_acc = history[-1]["val_accuracy"] if history else float("nan")
-    with progress(quiet) as bar:
-        task = bar.add_task(f"qat-{method}", total=total, completed=start_epoch * steps_per_epoch, info="")
-        for epoch in range(start_epoch, epochs):
-            model.train()
-            set_observe(model, epoch < observe_epochs)
-            if getattr(train_loader, "generator", None) is not None:
-                train_loader.generator.manual_seed(seed * 1000 + epoch)
-            loss_sum = correct = seen = 0.0
-            for i, (x, y) in enumerate(train_loader):
-                step_lr = _lr_at(epoch * steps_per_epoch + i, total, lr)
-                for g in opt.param_groups:
-                    g["lr"] = step_lr
-                grads: dict[str, torch.Tensor] = {}
-                if meta is not None:
-                    for name, m in zip(names, layers):
-                        m.capture = True
-                        g_prev = prev_grad.get(name)
-                        if g_prev is None:
-                            m.w_meta = None  # first step: no meta input yet, plain STE forward
-                            continue
-                        w = m.weight.detach()
-                        mg = m.wq.calib(w) * meta(g_prev, w, name, m.wq)
-                        grad = mg + weight_decay * w
-                        m.w_meta = w - _update_of(opt, m.weight, grad, step_lr)
-                        grads[name] = grad.detach()
-                out = model(x)
-                loss = criterion(out, y)
-                if teacher is not None and kd_alpha > 0:
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                    loss = (1 - kd_alpha) * loss + kd_alpha * kd_loss(out, t_out, kd_temperature)
-                if not torch.isfinite(loss):
-                    raise MetaedgeError(
-                        f"QAT diverged at epoch {epoch + 1} step {i + 1} (loss {loss.item()})",
-                        "lower the QAT lr or meta_lr, or use method 'ste'",
-                    )
-                opt.zero_grad(set_to_none=True)
-                if meta_opt is not None:
-                    meta_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if meta is not None:
-                    for name, m in zip(names, layers):
-                        if m.w_hat is not None and m.w_hat.grad is not None:
-                            prev_grad[name] = m.w_hat.grad.detach().clone()
-                        if name in grads:
-                            m.weight.grad = grads[name]  # late update with the meta gradient
-                        elif m.w_hat is not None and m.w_hat.grad is not None and m.weight.grad is None:
-                            m.weight.grad = m.w_hat.grad.detach().clone()
-                        m.w_hat = None
-                        m.w_meta = None
-                    meta_opt.step()  # type: ignore[union-attr]
-                opt.step()
-                loss_sum += loss.item() * len(y)
-                correct += (out.argmax(1) == y).sum().item()
-                seen += len(y)
-                if on_step is not None:
-                    on_step({"epoch": epoch, "step": i, "loss": loss.item()})
-                bar.update(task, advance=1, info=f"ep {epoch + 1}/{epochs} loss {loss_sum / seen:.3f}")
-            for m in layers:
-                m.capture = False
-            set_observe(model, False)
-            val_acc = evaluate(model, val_loader)
-            row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "val_accuracy": val_acc}
-            if on_epoch is not None:
-                model.eval()
-                with torch.no_grad():
-                    row.update(on_epoch(epoch, model) or {})
-            history.append(row)
-            if checkpoint is not None:
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history, "config": config, "prev_grad": prev_grad}
-                if meta is not None:
-                    state["meta"] = meta.state_dict()
-                    state["meta_optimizer"] = meta_opt.state_dict()  # type: ignore[union-attr]
-                with atomic_path(checkpoint) as tmp:
-                    torch.save(state, tmp)
-    for m in layers:
-        m.capture = False
-    set_observe(model, False)
+        meta = meta if meta is not None else make_meta_net(cfg.meta_variant, cfg.meta_hidden)
+    hooks = _QATHooks(model, cfg, val_loader, teacher, opt, meta, on_step, on_epoch)
+    qat_signature = {k: v for k, v in asdict(cfg).items() if k != "train"}
+    result = train_loop(model, train_loader, [opt], train, hooks, signature={"qat": qat_signature, "caller": signature}, checkpoint=checkpoint,
+                        what="QAT", desc=f"qat-{cfg.method}", quiet=quiet)
+    hooks.stop_capture()
     model.eval()
-    return {"history": history, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0, "meta": meta}
+    return result

@@ -58,7 +58,7 @@ def vib_prune(
     gates = ChannelGates(setup.analysis, setup.space.groups, weights, vib.init_log_sigma2, vib.seed)
     net = copy.deepcopy(setup.model)
     t = time.perf_counter()
-    history = train_gates(net, gates, data, vib, ft, teacher, workdir / "vib_gates.pt", quiet, informative_fits(setup))
+    history = train_gates(net, gates, data, vib, ft, teacher, workdir / "vib_gates.pt", quiet, informative_fits(setup)).history
     seconds = {"gates": round(time.perf_counter() - t, 2)}
     scores = gates.scores()
     widths, keep = keep_by_information(setup.space, setup.cost, setup.budget, scores)

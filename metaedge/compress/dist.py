@@ -1,7 +1,7 @@
 """Data-parallel helpers: active when launched under torchrun (env RANK / WORLD_SIZE).
 
-gloo on CPU, nccl on GPUs. Every rank runs the same code with the same seeds (so all sample the
-same width vector each step); only rank 0 writes files.
+gloo on CPU, nccl on GPUs. Every rank runs the same code with the same seeds (so PruningNet training
+samples the same width vector on every rank each step); only rank 0 writes files and shows progress.
 """
 from __future__ import annotations
 
