@@ -68,7 +68,7 @@ class CosineSchedule:
 class Step:
     epoch: int  # 0-based
     index: int  # batch within the epoch
-    step: int  # batch since the start of training: what the schedule (and PruningNet's width RNG) follow
+    global_step: int  # batch since the start of training: what the schedule (and PruningNet's width RNG) follow
 
 
 @dataclass
@@ -239,7 +239,7 @@ def train_loop(
                 for opt, opt_bases in zip(optimizers, bases):
                     opt.zero_grad(set_to_none=True)
                     for group, base in zip(opt.param_groups, opt_bases):
-                        group["lr"] = schedule.lr(base, step.step)
+                        group["lr"] = schedule.lr(base, step.global_step)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 hooks.before_step(step)

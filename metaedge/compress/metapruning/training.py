@@ -64,7 +64,7 @@ class _PruningNetHooks(TrainHooks):
         if self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(x)
-        widths = self.sampler(_step_rng(train.seed, step.step))
+        widths = self.sampler(_step_rng(train.seed, step.global_step))
         largest = None
         for j, w in enumerate(widths):
             self.pn.set_widths(w)
