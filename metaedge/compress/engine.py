@@ -173,8 +173,11 @@ class _EpochMeans:
         return row
 
 
+_SHORT = {"train_accuracy": "acc", "val_accuracy": "val"}
+
+
 def _describe(epoch: int, epochs: int, values: dict[str, Any]) -> str:
-    return f"ep {epoch + 1}/{epochs} " + " ".join(f"{k} {v:.3f}" for k, v in values.items() if isinstance(v, float))
+    return f"ep {epoch + 1}/{epochs} " + " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in values.items() if isinstance(v, float))
 
 
 def _resume(checkpoint: Path, signature: dict, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], hooks: TrainHooks, what: str) -> tuple[int, list[dict]]:

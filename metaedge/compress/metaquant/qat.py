@@ -89,11 +89,9 @@ class QATConfig:
 
 def _make_optimizer(name: str, weights: list[nn.Parameter], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
-    raise AssertionError(name)  # QATConfig admits only OPTIMIZERS
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)  # QATConfig admits only OPTIMIZERS
 
 
 def _update_of(opt: torch.optim.Optimizer, p: nn.Parameter, grad: torch.Tensor, lr: float) -> torch.Tensor:
