@@ -60,11 +60,11 @@ WEIGHT_QUANTIZERS = ("symmetric", "dorefa", "bwn", "lsq")
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x)  # half to even, like ONNX QuantizeLinear
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         return g
 
 
@@ -79,11 +79,11 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))  # sign(0) = +1: never a third level
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         return g
 
 
