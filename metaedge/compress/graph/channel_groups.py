@@ -339,7 +339,7 @@ class _Analyzer:
             a = [self.size[g] for g in first.groups]
             b = [self.size[g] for g in other.groups]
             if a == b and first.unit == other.unit:
-                for ga, gb in zip(first.groups, other.groups):
+                for ga, gb in zip(first.groups, other.groups, strict=True):
                     self.uf.union(ga, gb)
             else:
                 self.problems.append(f"{node.name} ({what})")

@@ -145,7 +145,7 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Modu
         for x in batches:
             model(x)
     finally:
-        for m, mom in zip(bns, saved):
+        for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
         model.train(was)
     return model

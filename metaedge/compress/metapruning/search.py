@@ -133,11 +133,11 @@ def evolutionary_search(
             if parents:
                 def mutate() -> tuple[int, ...]:
                     p = rng.choice(parents)
-                    return tuple(rng.randrange(len(o)) if rng.random() < cfg.mutation_prob else g for g, o in zip(p, space.options))
+                    return tuple(rng.randrange(len(o)) if rng.random() < cfg.mutation_prob else g for g, o in zip(p, space.options, strict=True))
 
                 def cross() -> tuple[int, ...]:
                     a, b = rng.choice(parents), rng.choice(parents)
-                    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+                    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b, strict=True))
 
                 draw(mutate, cfg.mutations if cfg.mutations is not None else cfg.population // 2, gen)
                 draw(cross, cfg.crossovers if cfg.crossovers is not None else cfg.population // 2, gen)

@@ -51,7 +51,7 @@ class WidthSpace:
         return len(self.groups)
 
     def widths(self, genes: Sequence[int]) -> dict[str, int]:
-        return {g: opts[i] for g, opts, i in zip(self.groups, self.options, genes)}
+        return {g: opts[i] for g, opts, i in zip(self.groups, self.options, genes, strict=True)}
 
     def full(self) -> tuple[int, ...]:
         return tuple(len(o) - 1 for o in self.options)

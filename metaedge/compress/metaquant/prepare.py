@@ -204,8 +204,9 @@ def prepare_qat(
             act = modules.get(str(src.target)) if isinstance(src, fx.Node) and src.op == "call_module" else None
             if isinstance(act, ActFakeQuant):
                 layer._in_quant = [act]
-    # what the exporter must write (checked there); setattr: Module's stub types attributes as Tensor | Module
-    setattr(gm, "qdq_profile", prof.name)
+    # what the exporter must write (checked there). Module's stub only admits Tensor | Module
+    # attributes, though Module.__setattr__ stores any other value as a plain attribute.
+    gm.qdq_profile = prof.name  # type: ignore[assignment]
     return gm
 
 
