@@ -35,6 +35,7 @@ def plot_latency(series: Mapping[str, Sequence[float]], out: Path | str, title: 
     n_bins = min(40, max(8, max(len(v) for v in series.values()) // 3))
     # Shared bins; log-spaced when series differ by orders of magnitude (or a few outliers dominate).
     log = hi / lo > 20
+    edges: list[float] | int  # explicit bin edges, or a bin count for one value
     if log:
         edges = [lo * (hi / lo) ** (i / n_bins) for i in range(n_bins + 1)]
         ax_hist.set_xscale("log")

@@ -35,7 +35,7 @@ import math
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import torch
 import torch.fx as fx
@@ -249,9 +249,15 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
 
 
+def _module_name(node: fx.Node) -> str:
+    # fx names the called submodule of a call_module node by its qualified name
+    assert isinstance(node.target, str), node.target
+    return node.target
+
+
 def _call_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return type(modules[node.target]).__name__
+        return type(modules[_module_name(node)]).__name__
     return getattr(node.target, "__name__", str(node.target))
 
 
@@ -301,6 +307,10 @@ class _Analyzer:
             out += [p for p in self.pieces.get(a, ()) if p is not None]
         return [lay for lay in out if lay.groups]
 
+    def layout(self, x: Any) -> Layout | None:
+        """The layout of ``x`` when it is a traced tensor with channels (args may be constants)."""
+        return self.env.get(x) if isinstance(x, fx.Node) else None
+
     def unsafe(self, node: fx.Node, what: str) -> Layout | None:
         touched = self.layouts_of((node.args, node.kwargs))
         # report only what fixes something new: ops on already-fixed tensors explain nothing
@@ -329,7 +339,7 @@ class _Analyzer:
             a = [self.size[g] for g in first.groups]
             b = [self.size[g] for g in other.groups]
             if a == b and first.unit == other.unit:
-                for ga, gb in zip(first.groups, other.groups):
+                for ga, gb in zip(first.groups, other.groups, strict=True):
                     self.uf.union(ga, gb)
             else:
                 self.problems.append(f"{node.name} ({what})")
@@ -369,7 +379,7 @@ class _Analyzer:
                 self.fix(lay, "model output")
             return None
         if op == "call_module":
-            return self.visit_module(node, self.modules[node.target])
+            return self.visit_module(node, self.modules[_module_name(node)])
         if op == "call_function":
             return self.visit_function(node)
         if op == "call_method":
@@ -377,9 +387,9 @@ class _Analyzer:
         return self.unsafe(node, f"{op} {node.target}")
 
     def visit_module(self, node: fx.Node, mod: nn.Module) -> Layout | None:
-        target, args = node.target, node.args
+        target, args = _module_name(node), node.args
         x = args[0] if args else None
-        lin = self.env.get(x) if isinstance(x, fx.Node) else None
+        lin = self.layout(x)
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             return self.producer(node, mod, lin)
         if isinstance(mod, _BN):
@@ -401,7 +411,7 @@ class _Analyzer:
     def visit_function(self, node: fx.Node) -> Layout | None:
         target, args = node.target, node.args
         if target in _PASS_FUNCS:
-            return self.env.get(args[0]) if args and isinstance(args[0], fx.Node) else None
+            return self.layout(args[0]) if args else None
         if _is_passthrough_fn(target):
             return self.passthrough(node, f"function {getattr(target, '__name__', target)}")
         if target in _BINARY:
@@ -428,7 +438,7 @@ class _Analyzer:
         if target in ("size", "dim") or _shape(node) is None and _piece_shapes(node) is None:
             return None  # not a tensor
         if target in _PASS_METHODS:
-            return self.env.get(x)
+            return self.layout(x)
         if target in _BINARY_METHODS:
             return self.binary(node)
         if target in _FACTORY_METHODS:
@@ -463,7 +473,7 @@ class _Analyzer:
         """An opaque call. It may mix channels even when it keeps the shape, so it is never assumed to
         pass through; the warning then points at register_passthrough."""
         x = _first_tensor(node)
-        has_state = node.op == "call_module" and any(True for _ in self.modules[node.target].state_dict())
+        has_state = node.op == "call_module" and any(True for _ in self.modules[_module_name(node)].state_dict())
         if x in self.env and not has_state and _shape(node) == _shape(x) and any(g not in self.fixed for g in self.env[x].groups):
             self.hints.append(_call_name(node, self.modules))  # registering a module with state would not help
         return self.unsafe(node, what)
@@ -483,7 +493,7 @@ class _Analyzer:
         in_shp = _shape(x)
         if shapes is None or in_shp is None or len(in_shp) < 2:
             return self.unsafe(node, f"{kind} of a tensor without channel layout")
-        lin = self.env.get(x)
+        lin = self.layout(x)
         dim = _arg(node, 1 if kind == "unbind" else 2, "dim", 0)
         if not isinstance(dim, int):
             return self.unsafe(node, f"{kind} along a computed dimension")
@@ -516,7 +526,8 @@ class _Analyzer:
         n = _arg(node, 1, "chunks" if kind == "chunk" else "sections", None)
         if kind not in ("chunk", "tensor_split") or not isinstance(n, int) or len(shapes) != n:
             return None
-        if any(s is None for s in shapes):
+        known = [s for s in shapes if s is not None]
+        if len(known) != len(shapes):
             return None
         bounds: dict[int, int] = {0: 0}  # feature offset -> number of groups before it
         offset = 0
@@ -524,7 +535,7 @@ class _Analyzer:
             offset += self.size[g] * lin.unit
             bounds[offset] = i + 1
         out, start = [], 0
-        for s in shapes:
+        for s in known:
             end = start + s[1]
             if start not in bounds or end not in bounds:
                 return None  # a group is cut in two
@@ -550,31 +561,31 @@ class _Analyzer:
             return self.fresh_fixed(node, "element-wise op without channel layout") if len(out_shape) >= 2 else None
         return self.merge(node, layouts)
 
-    def flatten(self, node: fx.Node, x: fx.Node, start_dim: int) -> Layout | None:
-        shp = _shape(x)
-        if x not in self.env or shp is None:
+    def flatten(self, node: fx.Node, x: fx.node.Argument, start_dim: int) -> Layout | None:
+        shp, layout = _shape(x), self.layout(x)
+        if layout is None or shp is None:
             return None
         if start_dim != 1:
             return self.unsafe(node, "flatten that mixes the batch or keeps channels apart")
-        layout = self.env[x]
         return Layout(layout.groups, layout.unit * math.prod(shp[2:]))
 
-    def reduce(self, node: fx.Node, x: fx.Node, dim: Any) -> Layout | None:
+    def reduce(self, node: fx.Node, x: fx.node.Argument, dim: Any) -> Layout | None:
         in_shp, out_shp = _shape(x), _shape(node)
         dims = dim if isinstance(dim, (tuple, list)) else (dim,)
         if dim is None or in_shp is None or any((d % len(in_shp)) in (0, 1) for d in dims if isinstance(d, int)) or not all(isinstance(d, int) for d in dims):
             return self.unsafe(node, "reduction over channels")
         if out_shp is None or len(out_shp) < 2 or out_shp[1] != in_shp[1]:
             return self.unsafe(node, "reduction that moves the channel dimension")
-        return self.env.get(x)
+        return self.layout(x)
 
-    def cat(self, node: fx.Node, tensors: Sequence[fx.Node] | fx.Node, dim: int) -> Layout | None:
+    def cat(self, node: fx.Node, tensors: fx.node.Argument, dim: int) -> Layout | None:
         shp = _shape(node)
         if isinstance(tensors, fx.Node):  # torch.cat(x.chunk(2, 1), 1)
-            layouts = list(self.pieces.get(tensors, (None,)))
-        else:
-            layouts = [self.env.get(t) for t in tensors]
-        if shp is None or any(lay is None or lay.unit != 1 for lay in layouts):
+            found = list(self.pieces.get(tensors, (None,)))
+        else:  # torch.cat takes a sequence of tensors
+            found = [self.layout(t) for t in cast(Sequence[fx.node.Argument], tensors)]
+        layouts = [lay for lay in found if lay is not None]
+        if shp is None or len(layouts) != len(found) or any(lay.unit != 1 for lay in layouts):
             return self.unsafe(node, "concatenation of tensors without channel layout")
         if dim % len(shp) == 1:
             return Layout(tuple(g for lay in layouts for g in lay.groups))
@@ -582,8 +593,8 @@ class _Analyzer:
             return self.unsafe(node, "concatenation along the batch dimension")
         return self.merge(node, layouts)  # concat along space: channels must agree
 
-    def producer(self, node: fx.Node, mod: nn.Module, lin: Layout | None) -> Layout | None:
-        name = node.target
+    def producer(self, node: fx.Node, mod: nn.Conv2d | nn.Linear, lin: Layout | None) -> Layout | None:
+        name = _module_name(node)
         if lin is None:
             return self.unsafe(node, f"{type(mod).__name__} on a tensor without channel layout")
         if isinstance(mod, nn.Linear):

@@ -46,11 +46,15 @@ class LowRankResult:
 @torch.no_grad()
 def _reconstructed(seq: nn.Sequential) -> torch.Tensor:
     """The single layer's weight a factorized Sequential computes (for the reconstruction error)."""
+    weights = []
+    for layer in seq:
+        assert isinstance(layer, (nn.Linear, nn.Conv2d))  # what svd_linear / tucker2_conv build
+        weights.append(layer.weight)
     if isinstance(seq[0], nn.Linear):
-        return seq[1].weight @ seq[0].weight
-    first, mid, last = seq
-    w = torch.einsum("oc,crhw->orhw", last.weight[:, :, 0, 0], mid.weight)
-    return torch.einsum("orhw,ri->oihw", w, first.weight[:, :, 0, 0])
+        return weights[1] @ weights[0]
+    first, mid, last = weights
+    w = torch.einsum("oc,crhw->orhw", last[:, :, 0, 0], mid)
+    return torch.einsum("orhw,ri->oihw", w, first[:, :, 0, 0])
 
 
 @torch.no_grad()
@@ -60,6 +64,7 @@ def factorize(model: nn.Module, plan: RankPlan, tucker_iters: int = 100) -> tupl
     errors = {}
     for name, ranks in plan.ranks.items():
         layer = new.get_submodule(name)
+        assert isinstance(layer, (nn.Linear, nn.Conv2d))  # plan_ranks plans only these
         seq = svd_linear(layer, ranks[0]) if isinstance(layer, nn.Linear) else tucker2_conv(layer, ranks[0], ranks[1], tucker_iters)
         errors[name] = float((_reconstructed(seq) - layer.weight).norm() / layer.weight.norm().clamp_min(1e-12))
         new.set_submodule(name, seq)

@@ -11,6 +11,8 @@ commutes with every padding mode. A linear layer W [out, in] ~ (U S) V^T runs as
 """
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -26,7 +28,8 @@ def tucker_factors(weight: torch.Tensor, rank_out: int, rank_in: int, n_iter_max
     w = weight.detach().cpu().double().numpy()
     with tl.backend_context("numpy"):
         (core, (u_out, u_in)), _ = partial_tucker(w, rank=[rank_out, rank_in], modes=[0, 1], init="svd", n_iter_max=n_iter_max, tol=tol)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (core, u_out, u_in))  # type: ignore[return-value]
+    core_t, u_out_t, u_in_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (core, u_out, u_in))
+    return core_t, u_out_t, u_in_t
 
 
 @torch.no_grad()
@@ -37,12 +40,16 @@ def tucker2_conv(conv: nn.Conv2d, rank_out: int, rank_in: int, n_iter_max: int =
     core, u_out, u_in = tucker_factors(conv.weight, rank_out, rank_in, n_iter_max)
     dtype, device = conv.weight.dtype, conv.weight.device
     first = nn.Conv2d(conv.in_channels, rank_in, 1, bias=False)
-    mid = nn.Conv2d(rank_in, rank_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False, padding_mode=conv.padding_mode)
+    # nn.Conv2d types its size tuples as tuple[int, ...]; a Conv2d's hold two ints
+    kernel, stride, dilation = (cast("tuple[int, int]", t) for t in (conv.kernel_size, conv.stride, conv.dilation))
+    padding = cast("str | tuple[int, int]", conv.padding)
+    mid = nn.Conv2d(rank_in, rank_out, kernel, stride, padding, dilation, bias=False, padding_mode=conv.padding_mode)
     last = nn.Conv2d(rank_out, conv.out_channels, 1, bias=conv.bias is not None)
     first.weight.copy_(u_in.t()[:, :, None, None])
     mid.weight.copy_(core)
     last.weight.copy_(u_out[:, :, None, None])
     if conv.bias is not None:
+        assert last.bias is not None  # built with bias=True
         last.bias.copy_(conv.bias)
     return nn.Sequential(first, mid, last).to(device, dtype)
 

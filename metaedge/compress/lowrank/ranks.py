@@ -116,7 +116,7 @@ def plan_ranks(cands: Sequence[Candidate], base_macs: int, budget: float) -> Ran
         return [c.ranks_at(e) for c in cands]
 
     def total(state: Sequence[tuple[int, ...] | None]) -> int:
-        return fixed + sum(c.macs(r) for c, r in zip(cands, state))
+        return fixed + sum(c.macs(r) for c, r in zip(cands, state, strict=True))
 
     if total([None] * len(cands)) <= budget:
         state: list[tuple[int, ...] | None] = [None] * len(cands)
@@ -130,18 +130,18 @@ def plan_ranks(cands: Sequence[Candidate], base_macs: int, budget: float) -> Ran
                 hi = mid
         state = state_at(lo)
         state = _fill(cands, state, fixed, budget)
-    energy = {c.name: [round(c.kept(m, r), 6) for m, r in enumerate(rk)] for c, rk in zip(cands, state) if rk is not None}
-    return RankPlan({c.name: rk for c, rk in zip(cands, state) if rk is not None}, total(state), base_macs, energy)
+    energy = {c.name: [round(c.kept(m, r), 6) for m, r in enumerate(rk)] for c, rk in zip(cands, state, strict=True) if rk is not None}
+    return RankPlan({c.name: rk for c, rk in zip(cands, state, strict=True) if rk is not None}, total(state), base_macs, energy)
 
 
 def _fill(cands: Sequence[Candidate], state: list[tuple[int, ...] | None], fixed: int, budget: float) -> list[tuple[int, ...] | None]:
     """Raise single ranks one step at a time, the most kept energy per added MAC first, while the total
     stays under ``budget``; a layer whose next step would cost as much as the whole layer is left factorized."""
     state = list(state)
-    cur = fixed + sum(c.macs(r) for c, r in zip(cands, state))
+    cur = fixed + sum(c.macs(r) for c, r in zip(cands, state, strict=True))
     while True:
         best, best_gain = None, 0.0
-        for i, (c, rk) in enumerate(zip(cands, state)):
+        for i, (c, rk) in enumerate(zip(cands, state, strict=True)):
             if rk is None:
                 continue
             for mode, r in enumerate(rk):

@@ -69,7 +69,7 @@ def rank_check(
     val_loader = make_loader(data.val, 256, shuffle=False)
     train_loader = make_loader(data.train, train.batch_size, shuffle=True, seed=train.seed)
     seen: set[tuple[int, ...]] = set()
-    points = []
+    points: list[dict] = []
     for _ in range(50 * n):
         if len(points) >= n:
             break

@@ -64,6 +64,8 @@ def materialize(model: nn.Module, analysis: GraphAnalysis, keep: Mapping[str, Se
         if info.kind not in ("conv", "linear", "bn"):
             continue
         old = mods[name]
+        # the analysis records conv/linear/BN layers with their layouts
+        assert info.in_layout is not None and info.out_layout is not None, name
         out_idx = analysis.layout_index(info.out_layout, keep_t)
         if info.kind == "bn":
             if len(out_idx) == old.num_features:
@@ -143,7 +145,7 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Modu
         for x in batches:
             model(x)
     finally:
-        for m, mom in zip(bns, saved):
+        for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
         model.train(was)
     return model

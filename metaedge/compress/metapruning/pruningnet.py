@@ -68,14 +68,14 @@ class _Ctx:
 class GenLayer(nn.Module):
     """A conv or linear whose weight is generated from the width ratios of its channel groups."""
 
-    def __init__(self, orig: nn.Module, in_layout: Layout, out_layout: Layout, depthwise: bool, ctx: _Ctx, hidden: int, init_from_model: bool) -> None:
+    def __init__(self, orig: nn.Conv2d | nn.Linear, in_layout: Layout, out_layout: Layout, depthwise: bool, ctx: _Ctx, hidden: int, init_from_model: bool) -> None:
         super().__init__()
         self.ctx = [ctx]  # in a list: not a submodule
         self.in_layout, self.out_layout, self.depthwise = in_layout, out_layout, depthwise
         self.enc_groups = tuple(dict.fromkeys(in_layout.groups + out_layout.groups))
         self.is_conv = isinstance(orig, nn.Conv2d)
         self.shape = tuple(orig.weight.shape)
-        if self.is_conv:
+        if isinstance(orig, nn.Conv2d):
             self.stride, self.padding, self.dilation, self.groups = orig.stride, orig.padding, orig.dilation, orig.groups
             self.cin_full = orig.in_channels
         numel = orig.weight.numel()
@@ -126,6 +126,10 @@ class GenLayer(nn.Module):
 class SliceBN(nn.Module):
     """BatchNorm over the sampled channels of a full-size BN (affine cropped, stats recalibrated)."""
 
+    # buffers (registered in __init__)
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, orig: nn.modules.batchnorm._BatchNorm, layout: Layout, ctx: _Ctx) -> None:
         super().__init__()
         self.ctx = [ctx]
@@ -170,8 +174,11 @@ class PruningNet(nn.Module):
         for name, info in analysis.layers.items():
             mod = mods[name]
             if info.kind in ("conv", "linear"):
+                # the analysis records conv/linear layers only for these types, with both layouts
+                assert isinstance(mod, (nn.Conv2d, nn.Linear)) and info.in_layout is not None and info.out_layout is not None
                 _set_module(self.net, name, GenLayer(mod, info.in_layout, info.out_layout, info.depthwise, self.ctx, hidden, init_from_model))
             elif info.kind == "bn" and isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
+                assert info.out_layout is not None, f"BN {name} on a tensor without channel layout"
                 _set_module(self.net, name, SliceBN(mod, info.out_layout, self.ctx))
 
     def set_widths(self, widths: dict[str, int]) -> None:

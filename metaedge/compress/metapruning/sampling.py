@@ -20,7 +20,7 @@ A band of ``None`` falls back to the whole space (the paper's sampler, no sandwi
 from __future__ import annotations
 
 import math
-import random
+from random import Random  # a bare `random` would name the method below inside the class
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,7 +64,7 @@ class WidthSampler:
         self.random_widths, self.sandwich, self.slack, self.tries = random_widths, sandwich, slack, tries
         self.largest = self._uniform_at(band.hi, below=True) if band is not None and largest == "band" else space.widths(space.full())
         self.smallest = self._uniform_at(band.lo, below=False) if band is not None else space.widths(space.smallest())
-        if band is not None and cost_fn(space.widths(space.smallest())) > band.hi:  # type: ignore[misc]
+        if band is not None and cost_fn is not None and cost_fn(space.widths(space.smallest())) > band.hi:
             raise MetaedgeError(f"the narrowest network costs more than the band's top {band.hi:.4g}",
                                 "raise the budget, or lower the smallest width choice / the channel multiple")
 
@@ -83,17 +83,18 @@ class WidthSampler:
                 break
         return best
 
-    def random(self, rng: random.Random) -> dict[str, int]:
+    def random(self, rng: Random) -> dict[str, int]:
         if self.band is None:
             return self.space.widths(self.space.sample(rng))
+        assert self.cost_fn is not None  # a band comes with its cost function (checked in __init__)
         lo, hi = math.log(self.band.lo), math.log(self.band.hi)
         for _ in range(self.tries):
             target = math.exp(rng.uniform(lo, hi))
-            genes = repair(self.space.sample(rng), self.space, self.cost_fn, (1 - self.slack) * target, target, rng)  # type: ignore[arg-type]
+            genes = repair(self.space.sample(rng), self.space, self.cost_fn, (1 - self.slack) * target, target, rng)
             if genes is not None:
                 return self.space.widths(genes)
         return dict(self.smallest)
 
-    def __call__(self, rng: random.Random) -> list[dict[str, int]]:
+    def __call__(self, rng: Random) -> list[dict[str, int]]:
         randoms = [self.random(rng) for _ in range(self.random_widths)]
         return [dict(self.largest), dict(self.smallest), *randoms] if self.sandwich else randoms

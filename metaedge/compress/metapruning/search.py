@@ -119,9 +119,8 @@ def evolutionary_search(
     def draw(make: Callable[[], tuple[int, ...]], n: int, gen: int) -> None:
         for _ in range(n):
             for _ in range(cfg.max_tries):
-                genes = make()
-                if cfg.floor > 0:
-                    genes = repair(genes, space, cost_fn, cfg.floor * budget, budget, rng)
+                drawn = make()
+                genes = repair(drawn, space, cost_fn, cfg.floor * budget, budget, rng) if cfg.floor > 0 else drawn
                 if genes is not None and feasible(genes):
                     score(genes, gen)
                     break
@@ -134,19 +133,19 @@ def evolutionary_search(
             if parents:
                 def mutate() -> tuple[int, ...]:
                     p = rng.choice(parents)
-                    return tuple(rng.randrange(len(o)) if rng.random() < cfg.mutation_prob else g for g, o in zip(p, space.options))
+                    return tuple(rng.randrange(len(o)) if rng.random() < cfg.mutation_prob else g for g, o in zip(p, space.options, strict=True))
 
                 def cross() -> tuple[int, ...]:
                     a, b = rng.choice(parents), rng.choice(parents)
-                    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+                    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b, strict=True))
 
                 draw(mutate, cfg.mutations if cfg.mutations is not None else cfg.population // 2, gen)
                 draw(cross, cfg.crossovers if cfg.crossovers is not None else cfg.population // 2, gen)
             draw(lambda: space.sample(rng), max(0, cfg.population - (len(records) - before)), gen)
             if write:
-                best = sorted(records, key=_rank)[: cfg.parents]
+                leaders = sorted(records, key=_rank)[: cfg.parents]
                 atomic_write_json(log_path.with_name(log_path.stem + "_state.json"),
-                                  {"generation": gen + 1, "config": asdict(cfg), "budget": budget, "evaluated": len(records), "top": best})
+                                  {"generation": gen + 1, "config": asdict(cfg), "budget": budget, "evaluated": len(records), "top": leaders})
             if on_generation is not None:
                 on_generation(gen, records)
     finally:

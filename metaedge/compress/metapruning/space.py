@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch.nn as nn
 
 from metaedge.compress.cost import LayerSpec, count_params, layer_specs
-from metaedge.compress.graph import GraphAnalysis
+from metaedge.compress.graph import GraphAnalysis, Layout
 
 __all__ = ["DEFAULT_CHOICES", "Pricer", "WidthSpace", "fill_widths", "repair", "round_width"]
 
@@ -51,7 +51,7 @@ class WidthSpace:
         return len(self.groups)
 
     def widths(self, genes: Sequence[int]) -> dict[str, int]:
-        return {g: opts[i] for g, opts, i in zip(self.groups, self.options, genes)}
+        return {g: opts[i] for g, opts, i in zip(self.groups, self.options, genes, strict=True)}
 
     def full(self) -> tuple[int, ...]:
         return tuple(len(o) - 1 for o in self.options)
@@ -132,17 +132,17 @@ class Pricer:
         # MACs as a sum of per-layer terms: the search and the PruningNet sampler price thousands of
         # width vectors, and rebuilding every LayerSpec for each costs ~1.6 ms on MobileNetV2.
         self._fixed_macs = 0
-        self._mac_terms: list[tuple[int, object, int, object, int, bool, int]] = []
+        self._mac_terms: list[tuple[int, Layout | None, int, Layout | None, int, bool, int]] = []
         for spec in self.base_specs:
-            info = analysis.layers.get(spec.name)
+            layer = analysis.layers.get(spec.name)
             if spec.kind not in ("conv", "linear"):
                 continue
-            if info is None:
+            if layer is None:
                 self._fixed_macs += spec.macs
                 continue
             per = spec.out_hw[0] * spec.out_hw[1] * spec.kernel[0] * spec.kernel[1] if spec.kind == "conv" else 1
-            self._mac_terms.append((per, info.in_layout, spec.in_channels, info.out_layout, spec.out_channels,
-                                    spec.kind == "conv" and info.depthwise, spec.groups if spec.kind == "conv" else 1))
+            self._mac_terms.append((per, layer.in_layout, spec.in_channels, layer.out_layout, spec.out_channels,
+                                    spec.kind == "conv" and layer.depthwise, spec.groups if spec.kind == "conv" else 1))
 
     def specs(self, widths: dict[str, int]) -> list[LayerSpec]:
         a = self.analysis
@@ -181,6 +181,8 @@ class Pricer:
         for name, info in a.layers.items():
             if info.kind not in _PARAM_KINDS:
                 continue
+            # the analysis records conv/linear/BN layers with their layouts
+            assert info.in_layout is not None and info.out_layout is not None, name
             cout = a.layout_size(info.out_layout, widths)
             if info.kind == "bn":
                 total += 2 * cout if self._layer_bias[name] else 0

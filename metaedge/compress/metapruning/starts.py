@@ -27,8 +27,9 @@ STARTS = ("generated", "inherited", "scratch")
 def _reinit(model: nn.Module, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     for m in model.modules():
-        if m is not model and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if m is not model and callable(reset):
+            reset()
     return model
 
 

@@ -14,9 +14,12 @@ profile writes the same values as floats), see :mod:`.profiles` for why both pro
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaedge.compress.metaquant.quantizers import ActFakeQuant, WeightQuantizer, _decomposed_ops, round_ste
 
@@ -26,19 +29,27 @@ __all__ = ["QConv2d", "QLinear", "QuantLayer"]
 class QuantLayer:
     """Mixin for conv/linear layers with a quantized weight, an optional live BN and an int32-grid bias."""
 
+    # provided by the nn.Conv2d / nn.Linear the mixin is combined with
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    training: bool
+
     wq: WeightQuantizer
-    bn: nn.Module | None
+    bn: _BatchNorm | None
     w_meta: torch.Tensor | None
     w_hat: torch.Tensor | None
     capture: bool
     export_mode: bool
     role: str
+    bits_note: str
     _in_quant: list[ActFakeQuant]
+    _frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None  # export constants
 
-    def _init_quant(self, wq: WeightQuantizer, bn: nn.Module | None = None, role: str = "body") -> None:
+    def _init_quant(self, wq: WeightQuantizer, bn: _BatchNorm | None = None, role: str = "body") -> None:
         self.wq = wq  # an nn.Module (LSQ) registers as a submodule, so its step is saved and trained
         self.bn = bn
         self.role = role  # why the layer has its bits (policy): first / last / depthwise / body / pattern
+        self.bits_note = ""  # set by prepare_qat when the profile lowers the policy's bits
         self.w_meta = None  # set by the MetaQuant step for one forward pass
         self.w_hat = None
         self.capture = False
@@ -62,6 +73,8 @@ class QuantLayer:
         bn = self.bn
         if bn is None:
             return None
+        # prepare_qat keeps only BNs that track running statistics
+        assert bn.running_var is not None and bn.running_mean is not None
         k = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             k = k * bn.weight
@@ -127,6 +140,7 @@ class QuantLayer:
     def _export_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._frozen is None:
             self.freeze_export()
+        assert self._frozen is not None
         q, scale, zp, bias = self._frozen
         # int8 constant -> DequantizeLinear(axis 0); the tensorrt profile rewrites it to float -> Q -> DQ
         w = _decomposed_ops().dequantize_per_channel(q, scale, zp, 0, -128, 127, torch.int8)
@@ -148,28 +162,32 @@ class QuantLayer:
 
 class QConv2d(nn.Conv2d, QuantLayer):
     @classmethod
-    def from_float(cls, m: nn.Conv2d, wq: WeightQuantizer, bn: nn.Module | None = None, role: str = "body") -> "QConv2d":
-        q = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.bias is not None, m.padding_mode)
+    def from_float(cls, m: nn.Conv2d, wq: WeightQuantizer, bn: _BatchNorm | None = None, role: str = "body") -> "QConv2d":
+        # nn.Conv2d types its size tuples as tuple[int, ...]; a Conv2d's hold two ints
+        kernel, stride, dilation = (cast("tuple[int, int]", t) for t in (m.kernel_size, m.stride, m.dilation))
+        padding = cast("str | tuple[int, int]", m.padding)
+        q = cls(m.in_channels, m.out_channels, kernel, stride, padding, dilation, m.groups, m.bias is not None, m.padding_mode)
         q.load_state_dict(m.state_dict())
         q._init_quant(wq, bn, role)
         return q
 
-    def _compute(self, x, w, b):
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return self._conv_forward(x, w, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quant_forward(x)
 
 
-class QLinear(nn.Linear, QuantLayer):
+# nn.Linear's stub infers bias as Parameter, but it is None for bias=False (QuantLayer's type)
+class QLinear(nn.Linear, QuantLayer):  # type: ignore[misc]
     @classmethod
-    def from_float(cls, m: nn.Linear, wq: WeightQuantizer, bn: nn.Module | None = None, role: str = "body") -> "QLinear":
+    def from_float(cls, m: nn.Linear, wq: WeightQuantizer, bn: _BatchNorm | None = None, role: str = "body") -> "QLinear":
         q = cls(m.in_features, m.out_features, m.bias is not None)
         q.load_state_dict(m.state_dict())
         q._init_quant(wq, bn, role)
         return q
 
-    def _compute(self, x, w, b):
+    def _compute(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, w, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,7 @@ class MetaNet(nn.Module):
         if hidden < 1:
             raise MetaedgeError(f"meta network hidden size must be >= 1, got {hidden}", "use e.g. 32")
         self.variant, self.hidden = variant, hidden
+        self.net: nn.Module
         if variant == "fc":
             self.net = _AffineFC(hidden)
         elif variant == "multifc":

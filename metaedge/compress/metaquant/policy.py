@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Any, Iterable
 
 from metaedge.errors import MetaedgeError
 
@@ -96,7 +96,8 @@ def parse_bit_policy(spec: str | BitPolicy | None) -> BitPolicy:
             raise MetaedgeError(f"layer-bits item {item!r} is not KEY=BITS", "write e.g. first=8,last=8,depthwise=8 or 'uniform'")
         key = key.strip()
         if key.lower() in ROLES:
-            policy = replace(policy, **{key.lower(): _bits(value, item)})
+            role_bits: dict[str, Any] = {key.lower(): _bits(value, item)}  # one of the role fields
+            policy = replace(policy, **role_bits)
         else:
             patterns.append((key, _bits(value, item)))
     return replace(policy, layers=tuple(patterns))

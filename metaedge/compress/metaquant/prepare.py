@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse as fx_fuse
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaedge.compress.metaquant.layers import QConv2d, QLinear, QuantLayer
 from metaedge.compress.metaquant.policy import BitPolicy, LayerRole, parse_bit_policy
@@ -59,6 +60,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 def fold_bn(model: nn.Module) -> fx.GraphModule:
     """Trace with torch.fx and fold every Conv->BN pair into the conv (eval statistics)."""
     gm = fx_fuse(_trace(model), inplace=True, no_trace=True)
+    assert isinstance(gm, fx.GraphModule)  # fuse returns the traced module it was given, typed nn.Module
     leftover = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
         raise MetaedgeError(f"BatchNorm layers {leftover[:3]} do not directly follow a conv, so they cannot be folded", "quantize a model where every BN follows a Conv2d whose output only feeds that BN")
@@ -105,6 +107,10 @@ def _roles(graph: fx.Graph, layer_nodes: list[fx.Node], modules: dict[str, nn.Mo
     return roles
 
 
+def _is_not(node: fx.Node) -> Callable[[fx.Node], bool]:
+    return lambda user: user is not node
+
+
 def _quantizer(kind: str, body_bits: int, bits: int, weight: torch.Tensor):
     if bits != body_bits:  # a policy layer: symmetric (or BWN at 1 bit), LSQ stays LSQ
         kind = "lsq" if kind == "lsq" else ("bwn" if bits == 1 else "symmetric")
@@ -144,6 +150,7 @@ def prepare_qat(
     roles = _roles(graph, layer_nodes, modules)
     for node in layer_nodes:
         m = modules[str(node.target)]
+        assert isinstance(m, (nn.Conv2d, nn.Linear))  # what layer_nodes holds
         role = roles[node]
         bits, why = policy.bits_for(role, weight_bits)
         asked = bits
@@ -153,10 +160,11 @@ def prepare_qat(
         bn = None
         if bn_node is not None:
             bn = modules[str(bn_node.target)]
+            assert isinstance(bn, _BatchNorm)  # _following_bn checked its type
             bn_node.replace_all_uses_with(node)
             graph.erase_node(bn_node)
             gm.delete_submodule(str(bn_node.target))
-        q = (QConv2d if isinstance(m, nn.Conv2d) else QLinear).from_float(m, wq, bn, why)
+        q: QuantLayer = QConv2d.from_float(m, wq, bn, why) if isinstance(m, nn.Conv2d) else QLinear.from_float(m, wq, bn, why)
         q.bits_note = f"{prof.name} profile: {asked} -> {bits} bits" if bits != asked else ""
         parent, _, leaf = str(node.target).rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, q)
@@ -185,16 +193,20 @@ def prepare_qat(
         gm.add_submodule(name, ActFakeQuant(8, symmetric, learn_act_scale))
         with graph.inserting_after(t):
             fq = graph.call_module(name, (t,))
-        t.replace_all_uses_with(fq, delete_user_cb=lambda u, fq=fq: u is not fq)
+        t.replace_all_uses_with(fq, delete_user_cb=_is_not(fq))
     graph.lint()
     gm.recompile()
     modules = dict(gm.named_modules())
     for node in graph.nodes:
-        if node.op == "call_module" and isinstance(modules[str(node.target)], QuantLayer):
+        layer = modules[str(node.target)] if node.op == "call_module" else None
+        if isinstance(layer, QuantLayer):
             src = node.args[0]
-            if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(str(src.target)), ActFakeQuant):
-                modules[str(node.target)]._in_quant = [modules[str(src.target)]]
-    gm.qdq_profile = prof.name  # what the exporter must write (checked there)
+            act = modules.get(str(src.target)) if isinstance(src, fx.Node) and src.op == "call_module" else None
+            if isinstance(act, ActFakeQuant):
+                layer._in_quant = [act]
+    # what the exporter must write (checked there). Module's stub only admits Tensor | Module
+    # attributes, though Module.__setattr__ stores any other value as a plain attribute.
+    gm.qdq_profile = prof.name  # type: ignore[assignment]
     return gm
 
 
@@ -212,11 +224,10 @@ def layer_table(model: nn.Module) -> list[dict]:
     rows = []
     for name, layer in quant_layers(model):
         w = layer.weight
-        conv = isinstance(layer, nn.Conv2d)
-        kind = "linear" if not conv else ("depthwise" if layer.groups > 1 and layer.groups == layer.in_channels else "conv")
+        kind = "linear" if not isinstance(layer, nn.Conv2d) else ("depthwise" if layer.groups > 1 and layer.groups == layer.in_channels else "conv")
         weights = math.ceil(layer.wq.bits * w.numel() / 8)
         extra = 4 * w.shape[0] * (2 if layer.has_bias() else 1)
-        why = f"{layer.role}; {layer.bits_note}" if getattr(layer, "bits_note", "") else layer.role
+        why = f"{layer.role}; {layer.bits_note}" if layer.bits_note else layer.role
         rows.append({"name": name, "type": kind, "bits": layer.wq.bits, "quantizer": layer.wq.kind, "why": why,
                      "bn_folded": layer.bn is not None, "params": w.numel(), "packed_bytes": weights + extra})
     return rows

@@ -60,11 +60,11 @@ WEIGHT_QUANTIZERS = ("symmetric", "dorefa", "bwn", "lsq")
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x)  # half to even, like ONNX QuantizeLinear
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         return g
 
 
@@ -79,11 +79,11 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))  # sign(0) = +1: never a third level
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
         return g
 
 
@@ -182,12 +182,13 @@ class SymmetricQuantizer(WeightQuantizer):
             for r in self.CLIP_RATIOS:
                 s = (amax.reshape(-1, 1) * r) / self.qmax
                 err = ((torch.clamp(torch.round(flat / s), -self.qmax, self.qmax) * s - flat) ** 2).sum(1)
-                if best_err is None:
+                if best_err is None or best is None:
                     best_err, best = err, s.clone()
                 else:
                     better = err < best_err
                     best_err = torch.where(better, err, best_err)
                     best = torch.where(better.unsqueeze(1), s, best)
+        assert best is not None  # CLIP_RATIOS is not empty
         return best.reshape(amax.shape)
 
     def __call__(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,6 +356,12 @@ class ActFakeQuant(nn.Module):
     parameter initialised from the observer once observation stops, trained through the STE.
     """
 
+    # buffers (registered in __init__)
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+    initialized: torch.Tensor
+    zero_point: torch.Tensor
+
     def __init__(self, bits: int = 8, symmetric: bool = False, learn_scale: bool = False, momentum: float = 0.05) -> None:
         super().__init__()
         if bits != 8:
@@ -403,11 +410,11 @@ class ActFakeQuant(nn.Module):
         if self.export_mode:  # becomes QuantizeLinear -> DequantizeLinear in the ONNX graph
             if self._frozen is None:
                 self._frozen = self.qparams()
-            scale, zp = self._frozen
+            frozen_scale, frozen_zp = self._frozen
             dt = torch.int8 if self.symmetric else torch.uint8
             qd = _decomposed_ops()
-            q = qd.quantize_per_tensor(x, scale, zp, self.qmin, self.qmax, dt)
-            return qd.dequantize_per_tensor(q, scale, zp, self.qmin, self.qmax, dt)
+            q = qd.quantize_per_tensor(x, frozen_scale, frozen_zp, self.qmin, self.qmax, dt)
+            return qd.dequantize_per_tensor(q, frozen_scale, frozen_zp, self.qmin, self.qmax, dt)
         if self.learn_scale:  # LSQ: gradient through the step, scaled by 1/sqrt(N * Qp)
             scale = grad_scale(self.scale, 1.0 / math.sqrt(x[0].numel() * self.qmax)).abs().clamp_min(1e-8)
         else:

@@ -35,6 +35,8 @@ class ChannelGates(nn.Module):
     """Gates of ``groups`` laid end to end in two vectors (mu, log sigma^2); index ``total`` is a constant 1
     that stands for every channel of an ungated (fixed) group."""
 
+    kl_weight: torch.Tensor  # buffer (registered in __init__)
+
     def __init__(self, analysis: GraphAnalysis, groups: Sequence[str], cost_weights: Mapping[str, float] | None = None,
                  init_log_sigma2: float = -9.0, seed: int = 0) -> None:
         super().__init__()
