@@ -264,7 +264,10 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MetaedgeError(f"config file {path} does not exist", "check the --config path")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise MetaedgeError(f"config file {path} is not text (byte {exc.start} is not UTF-8)", "pass a TOML or YAML file") from exc
     try:
         if path.suffix in (".toml",):
             raw = tomllib.loads(text)
