@@ -48,7 +48,7 @@ from metaedge.manifest import (
 from metaedge.targets.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.zoo import build_model
 
-__all__ = ["PipelineResult", "check_prune_budget", "prune_cache_key", "quant_cache_key", "run_pipeline", "tool_versions"]
+__all__ = ["PipelineResult", "check_model_and_budget", "prune_cache_key", "quant_cache_key", "run_pipeline", "tool_versions"]
 
 Log = Callable[[str], None]
 
@@ -120,17 +120,17 @@ def _onnx_accuracy(onnx_path: Path, data: DataSplits) -> float:
     return float((logits.argmax(1) == y.numpy()).mean())
 
 
-def check_prune_budget(cfg: PipelineConfig, data: DataSplits) -> None:
-    """Refuse a MACs budget the pruner cannot meet, before any training: at or above the baseline's
-    MACs, or (channel pruning alone) below the narrowest width vector of the pruner's width space.
-    Only the structure matters, so the model is built untrained at the data's input size."""
+def check_model_and_budget(cfg: PipelineConfig, data: DataSplits) -> None:
+    """Before any training: build the model at the data's size with its ``--weights`` (a bad file or
+    a mismatch fails here), and refuse a MACs budget the pruner cannot meet: at or above the baseline's
+    MACs, or (channel pruning alone) below the narrowest width vector of the pruner's width space."""
+    model = build_model(cfg.model, cfg.weights, **_model_kwargs(cfg, data)).eval()
     if cfg.prune_macs is None or cfg.latency_budget_enabled:
         return  # a latency budget is priced on the target's table, measured in the prune stage
     from metaedge.compress import metapruning as mp
     from metaedge.compress.cost import format_count
     from metaedge.compress.metapruning.budget import setup_pruning
 
-    model = build_model(cfg.model, None, **_model_kwargs(cfg, data)).eval()
     base = count_cost(model, data.input_shape).macs
     budget = cfg.prune_macs.resolve(base)
     if budget >= base:
@@ -464,7 +464,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print, quiet: bool = False) -> 
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data)
-    check_prune_budget(cfg, data)
+    check_model_and_budget(cfg, data)
     run = _Run(cfg, data, ArtifactDir(cfg.out), _initial_manifest(cfg, data), log, quiet)
     run.save()
     baseline = _stage_baseline(run)
