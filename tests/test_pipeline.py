@@ -82,9 +82,10 @@ def test_ste_path(tmp_path, cache):
     q = result.manifest.stages.quant
     assert (q.method, q.weight_bits, q.act_bits) == ("ste", 4, 8)
     assert result.manifest.export.parity["passed"] is True
-    assert q.packed_bytes > 0 and q.layers and all(layer["weight_bits"] in (4, 8) for layer in q.layers)
+    assert q.packed_bytes > 0 and q.layers and {layer["bits"] for layer in q.layers} == {4}  # "uniform": every layer at --quant's bits
     m = _manifest(cfg)
-    assert m["stages"]["quant"]["method"] == "ste" and m["stages"]["baseline"]["cached"] is True  # the module's baseline, reused
+    assert m["stages"]["quant"]["method"] == "ste" and m["stages"]["quant"]["packed_bytes"] == q.packed_bytes
+    assert m["cost"]["macs"] == m["stages"]["baseline"]["macs"]  # not pruned: quantization keeps the MACs
 
 
 def test_qat_cache_key_follows_the_pruned_model():
