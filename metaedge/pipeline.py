@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -143,7 +144,7 @@ def check_model_and_budget(cfg: PipelineConfig, data: DataSplits) -> None:
     narrowest = setup.cost(setup.space.widths(setup.space.smallest()))
     if budget < narrowest:
         raise MetaedgeError(f"MACs budget {format_count(budget)} is below the narrowest network the width space allows ({format_count(narrowest)} "
-                            f"of {format_count(base)})", f"pass --prune-macs {narrowest / base:.2f} or more")
+                            f"of {format_count(base)})", f"pass --prune-macs {math.ceil(100 * narrowest / base) / 100:.2f} or more")
 
 
 @dataclass
