@@ -30,7 +30,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "write_bundle": ("metaedge.deploy.bundle.builder", "write_bundle"),  # Docker bundle for a target
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["PipelineConfig", "__version__", "build_model", "compile", "export", "load_data", "profile", "prune", "quantize", "run_pipeline", "write_bundle"]
 
 
 def __getattr__(name: str) -> Any:

@@ -55,6 +55,10 @@ def test_every_stage_has_an_entry():
     assert metaedge.write_bundle is write_bundle and metaedge.export is export_onnx
 
 
+def test_all_lists_exactly_the_lazy_entries():
+    assert set(metaedge.__all__) == {"__version__", *metaedge._LAZY}
+
+
 def test_unknown_attribute_is_an_attribute_error():
     import pytest
 
