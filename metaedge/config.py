@@ -262,6 +262,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 def load_config_file(path: Path | str) -> dict[str, Any]:
     """Read a TOML or YAML file into override dicts (validated when merged)."""
     path = Path(path)
+    if path.is_dir():
+        raise MetaedgeError(f"config file {path} is a directory", "pass the TOML or YAML file itself")
     if not path.is_file():
         raise MetaedgeError(f"config file {path} does not exist", "check the --config path")
     try:

@@ -176,6 +176,11 @@ def test_bad_setting_exits_fast_as_a_process(tmp_path):
         (["info", "mobilenetv3_large"], "unknown model"),
         (["targets", "--file", "missing.toml"], "missing.toml"),
         (["nosuchcommand"], "invalid choice"),
+        (["deploy", "--target", "x86", "--threads", "0"], "must be at least 1"),
+        (["profile", "x.onnx", "--repeats", "0"], "must be at least 1"),
+        (["compress", "--config", "."], "is a directory"),
+        (["compress", "--config", "missing.toml"], "does not exist"),
+        (["compress", "--data", "missing.npz"], "--data digits"),
     ],
 )
 def test_other_commands_error_paths(argv, needle, tmp_path, capsys, monkeypatch):
