@@ -8,7 +8,7 @@ from typing import TextIO
 
 from metaedge.errors import MetaedgeError
 
-__all__ = ["NON_TERMINAL_WIDTH", "check_onnx_file", "console", "existing_file", "positive_int"]
+__all__ = ["NON_TERMINAL_WIDTH", "check_onnx_file", "console", "existing_file", "nonnegative_int", "positive_int"]
 
 # Table width when stdout is not a terminal: wide enough for the widest table the CLI prints.
 NON_TERMINAL_WIDTH = 200
@@ -21,6 +21,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from metaedge.cli._common import check_onnx_file, nonnegative_int, positive_int
 from metaedge.errors import MetaedgeError
 
 __all__ = ["add_parser", "run"]
@@ -27,13 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="artifact directory to write into when SOURCE is an .onnx file (default: its folder)")
     p.add_argument("--targets-file", type=Path, default=None, help="TOML file with extra targets")
-    p.add_argument("--tune-trials", type=int, default=0,
+    p.add_argument("--tune-trials", type=nonnegative_int, default=0,
                    help="MetaSchedule trials for TVM before building (0: apply the target's database as it is; see `metaedge tune`)")
     p.add_argument("--tuning-dir", type=Path, default=None,
                    help="TVM tuning database folder (default .metaedge-cache/tvm-tuning/<target>)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=nonnegative_int, default=10)
+    p.add_argument("--repeats", type=positive_int, default=50)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--no-cache", action="store_true", help="re-measure even when the latency cache has this model")
     return p
 
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
                             "pass the folder written by `metaedge compress` or a model.onnx")
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "run `metaedge compress` (or export) first")
+    check_onnx_file(onnx_path)
     from metaedge.deploy.backends.tvm import TvmOptions
 
     # The target's database is applied on every compile; --tune-trials adds to it first.

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaedge.cli._common import console, positive_int
 
-__all__ = ["add_parser", "run", "summary_table"]
+if TYPE_CHECKING:
+    from metaedge.manifest import Manifest
+
+__all__ = ["add_parser", "compiled_table", "ratio_lines", "run", "summary_table"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -68,10 +71,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, flag)
         if v is not None:
             o[flag] = v
-    if args.prune_macs is not None and args.prune_macs.strip().startswith("-"):
-        raise MetaedgeError(f"--prune-macs {args.prune_macs} is negative", "pass a fraction in (0, 1] such as 0.5, or an absolute budget such as 20M")
-    if args.prune_latency is not None and args.prune_latency.strip().startswith("-"):
-        raise MetaedgeError(f"--prune-latency {args.prune_latency} is negative", "pass e.g. 2ms, 500us or a fraction such as 0.6")
     if args.target:
         o["targets"] = tuple(t for t in args.target if t.lower() != "none")
     data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset)) if v is not None}
@@ -96,55 +95,54 @@ def _fmt_ms(stats: dict | None) -> str:
     return f"{stats['p50_ms']:.3f}" if stats else "-"
 
 
-def summary_table(manifest: dict[str, Any]):
+def _pct(a: float | None) -> str:
+    return f"{100 * a:.2f}%" if a is not None else "-"
+
+
+def summary_table(manifest: Manifest):
     from rich.table import Table
 
     from metaedge.compress.cost import format_count
 
-    stages = manifest.get("stages", {})
-    lat = manifest.get("latency", {})
-    t = Table(title=f"metaedge summary: {manifest['model']['name']} on {manifest['data']['source']}")
+    stages, lat, cost = manifest.stages, manifest.latency or {}, manifest.cost
+    t = Table(title=f"metaedge summary: {manifest.model.name} on {manifest.data.source}")
     for col in ("stage", "val acc", "test acc", "MACs", "params", "ORT p50 ms", "eager p50 ms"):
         t.add_column(col, justify="right" if col != "stage" else "left")
-    base = stages.get("baseline", {})
-    pct = lambda a: f"{100 * a:.2f}%" if a is not None else "-"  # noqa: E731
-    t.add_row("baseline fp32", pct(base.get("accuracy", {}).get("val")), pct(base.get("accuracy", {}).get("test")), format_count(base.get("macs", 0)), format_count(base.get("params", 0)), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
-    if "prune" in stages:
-        pr = stages["prune"]
-        t.add_row(f"pruned ({pr.get('method', 'metapruning')})", pct(pr["accuracy"].get("val")), pct(pr["accuracy"].get("test")), format_count(pr["macs"]), format_count(pr["params"]), "-" if "quant" in stages else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
-    if "quant" in stages:
-        q = stages["quant"]
-        cost = manifest.get("cost", {})
-        t.add_row(f"quantized w{q['weight_bits']}a{q['act_bits']} ({q['method']})", pct(q.get("accuracy", {}).get("val")), pct(q.get("accuracy", {}).get("test")), format_count(cost.get("macs", 0)), format_count(cost.get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
-    final = stages.get("final", {})
-    t.add_row("[bold]deployed model.onnx[/bold]", "-", pct(final.get("accuracy", {}).get("test")), format_count(manifest.get("cost", {}).get("macs", 0)), format_count(manifest.get("cost", {}).get("params", 0)), _fmt_ms(lat.get("onnxruntime")), "-")
+    base = stages.baseline
+    t.add_row("baseline fp32", _pct(base.accuracy.val), _pct(base.accuracy.test), format_count(base.macs), format_count(base.params), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
+    if stages.prune is not None:
+        pr = stages.prune
+        t.add_row(f"pruned ({pr.method})", _pct(pr.accuracy.val), _pct(pr.accuracy.test), format_count(pr.macs), format_count(pr.params), "-" if stages.quant else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
+    if stages.quant is not None:
+        q = stages.quant
+        t.add_row(f"quantized w{q.weight_bits}a{q.act_bits} ({q.method})", _pct(q.accuracy.val), _pct(q.accuracy.test), format_count(cost.macs), format_count(cost.params), _fmt_ms(lat.get("onnxruntime")), "-")
+    t.add_row("[bold]deployed model.onnx[/bold]", "-", _pct(stages.final.accuracy.test), format_count(cost.macs), format_count(cost.params), _fmt_ms(lat.get("onnxruntime")), "-")
     return t
 
 
-def ratio_lines(manifest: dict[str, Any]) -> list[str]:
-    r = manifest.get("latency_ratios", {})
-    lines = []
-    if r:
-        line = f"baseline eager / ONNX Runtime: {r['eager_over_onnxruntime_baseline']:.2f}x   final eager / ONNX Runtime: {r['eager_over_onnxruntime']:.2f}x   baseline ORT / final ORT: {r['baseline_over_final_onnxruntime']:.2f}x"
-        if "fp32_over_int8_onnxruntime" in r:
-            line += f"   fp32 / int8 ORT: {r['fp32_over_int8_onnxruntime']:.2f}x"
+def ratio_lines(manifest: Manifest) -> list[str]:
+    r, lines = manifest.latency_ratios, []
+    if r is not None:
+        line = f"baseline eager / ONNX Runtime: {r.eager_over_onnxruntime_baseline:.2f}x   final eager / ONNX Runtime: {r.eager_over_onnxruntime:.2f}x   baseline ORT / final ORT: {r.baseline_over_final_onnxruntime:.2f}x"
+        if r.fp32_over_int8_onnxruntime is not None:
+            line += f"   fp32 / int8 ORT: {r.fp32_over_int8_onnxruntime:.2f}x"
         lines.append(line)
-    p = manifest.get("export", {}).get("parity")
-    if p:
+    if manifest.export is not None:
+        p = manifest.export.parity
         lines.append(f"parity gate: max abs err {p['max_abs_err']:.2e}, top-1 agreement {p['top1_agreement']:.4f} on {p['samples']} validation images")
     return lines
 
 
-def compiled_table(manifest: dict[str, Any]):
+def compiled_table(manifest: Manifest):
     from rich.table import Table
 
-    compiled = manifest.get("compiled") or {}
+    compiled = manifest.compiled or {}
     if not compiled:
         return None
     t = Table(title="targets: latency p50 (ms) per backend; vs eager = local PyTorch eager / backend (local only)")
     for col in ("target", "backend", "where", "p50 ms", "vs eager", "parity max err", "artifact"):
         t.add_column(col)
-    eager = manifest.get("latency", {}).get("torch_eager", {}).get("p50_ms")
+    eager = (manifest.latency or {}).get("torch_eager", {}).get("p50_ms")
     for target, section in compiled.items():
         chosen = section.get("chosen")
         for backend, entry in section.items():

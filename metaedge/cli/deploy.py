@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metaedge.cli._common import console
+from metaedge.cli._common import console, positive_int
 from metaedge.deploy.bundle.targets import BUNDLE_TARGETS
 
 __all__ = ["add_parser", "run"]
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="runtime in the image (default: onnxruntime on CPUs, tensorrt on Jetson)")
     p.add_argument("--base-image", default=None, help="base image to build from (passed as --build-arg BASE_IMAGE)")
     p.add_argument("--tag", default=None, help="image tag (default: metaedge/<model>:<target>)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads in the container (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="inference threads in the container (default 1)")
     p.add_argument("--ca-cert", type=Path, action="append", default=[],
                    help="extra CA certificate (PEM) trusted during the image build, e.g. a proxy's; repeatable")
     p.add_argument("--pin", action="append", default=[], metavar="PKG==VER",

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from metaedge.cli._common import check_onnx_file
 from metaedge.errors import MetaedgeError
 
 __all__ = ["add_parser", "run"]
@@ -41,6 +42,7 @@ def _resolve_onnx(src: Path) -> Path:
                             "pass the folder written by `metaedge compress` or a model.onnx")
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "run `metaedge compress` (or export) first")
+    check_onnx_file(onnx_path)
     return onnx_path
 
 

@@ -8,6 +8,7 @@ split; val is then carved from their train set.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if "x" not in z or "y" not in z:
                 raise MetaedgeError(f"{path} lacks array 'x' or 'y' (has {sorted(z.files)})", "save it with np.savez(path, x=images, y=labels)")
             x, y = z["x"], z["y"]  # kept in their dtype: converted to float after subsetting
-    except (ValueError, OSError) as exc:
-        raise MetaedgeError(f"{path} is not a readable .npz ({exc})", "save it with np.savez(path, x=images, y=labels)") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise MetaedgeError(f"{path} is not a readable .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", "save it with np.savez(path, x=images, y=labels)") from exc
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,32 @@ from metaedge.zoo._registry import create_model
 __all__ = ["build_model", "load_state_dict_file", "load_exported_program"]
 
 
+_FIX_WEIGHTS = "pass a file written by torch.save(model.state_dict(), path)"
+
+
+def _check_torch_archive(path: Path) -> None:
+    """Tell a file that is not a torch archive that it is not one, before torch's unpickler calls it
+    a pickle that would run code. torch.save writes a zip; very old torch wrote a bare pickle."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise MetaedgeError(f"weights file {path} is empty", _FIX_WEIGHTS)
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise MetaedgeError(f"{path} is a truncated or damaged zip, not a readable torch archive", _FIX_WEIGHTS)
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                raise MetaedgeError(f"{path} is a zip file but not a torch archive (no data.pkl inside)", _FIX_WEIGHTS)
+        return
+    if head[0] != 0x80:  # pickle protocol 2+ opcode: the legacy torch.save format
+        raise MetaedgeError(f"{path} is not a torch archive (neither the zip torch.save writes nor a pickle)", _FIX_WEIGHTS)
+
+
 def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MetaedgeError(f"weights file {path} does not exist", "check the --weights path")
+    _check_torch_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
@@ -35,7 +58,7 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MetaedgeError(f"{path} is not a readable torch file ({first})", "pass a file written by torch.save(model.state_dict(), path)") from exc
+        raise MetaedgeError(f"{path} is not a readable torch file ({first})", _FIX_WEIGHTS) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # common checkpoint wrapper
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
