@@ -25,8 +25,8 @@ from metaedge.compress.train import evaluate, fit
 from metaedge.config import PipelineConfig
 from metaedge.data import DataSplits, load_data, make_loader
 from metaedge.deploy.export import check_parity, export_onnx
+from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.errors import MetaedgeError
-from metaedge.targets.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.zoo import build_model
 
 __all__ = ["PipelineResult", "run_pipeline", "tool_versions"]
@@ -186,7 +186,8 @@ def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_c
             info["rank_check"] = res.rank_check
         return res.model, info, res.plot
     if cfg.pruner == "vib":
-        from metaedge.compress.vib import PRESETS as VIB_PRESETS, vib_prune
+        from metaedge.compress.vib import PRESETS as VIB_PRESETS
+        from metaedge.compress.vib import vib_prune
 
         out = vib_prune(model, data, prune_cfg, VIB_PRESETS[cfg.prune_preset], workdir, budget_fn=budget_fn, quiet=quiet)
     else:
@@ -201,17 +202,17 @@ def _latency_budget(cfg: PipelineConfig, baseline: nn.Module, data: DataSplits, 
     measurement of the baseline there; returns (latency_fn, budget_ms, info)."""
     from metaedge.compress.cost import layer_specs
     from metaedge.deploy.compile import compile_for_target
+    from metaedge.deploy.latency_table import make_latency_fn
     from metaedge.latency import parse_latency_budget
-    from metaedge.targets.latency_table import make_latency_fn
     from metaedge.targets.registry import get_target
 
     target = get_target(cfg.targets[0])
     where = cfg.device or "this machine"
     log(f"prune: measuring the per-layer latency table of {cfg.model} on {target.name} ({where})")
-    fn = make_latency_fn(target, cfg.device, model=baseline, input_shape=data.input_shape, width_multipliers=(0.25, 0.5, 0.75, 1.0))
+    specs = layer_specs(baseline, data.input_shape)
+    fn = make_latency_fn(target, cfg.device, specs=specs, width_multipliers=(0.25, 0.5, 0.75, 1.0))
     section = compile_for_target(out.path("baseline.onnx"), target, out.root / "latency-baseline", backends="tvm", timing=cfg.timing, device=cfg.device)
     measured = (section.get("tvm") or {}).get("latency", {}) or {}
-    specs = layer_specs(baseline, data.input_shape)
     info: dict[str, Any] = {"target": target.name, "device": cfg.device, "table_raw_ms": fn.table.predict(specs)}
     if measured.get("p50_ms"):
         info["baseline_measured_ms"] = measured["p50_ms"]
@@ -243,8 +244,8 @@ def _qdq_profile(cfg: PipelineConfig) -> tuple[str, str]:
 
 def _profile_accuracy(onnx_path: Path, data: DataSplits, profile: str) -> float:
     """Test accuracy in ORT with the session the parity gate uses for ``profile`` (for tensorrt: no
-    int8 -> uint8 conversion, whose x86 kernels saturate; see deploy.qdq.ort_session)."""
-    from metaedge.deploy.qdq import ort_session
+    int8 -> uint8 conversion, whose x86 kernels saturate; see compress.metaquant.export.ort_session)."""
+    from metaedge.compress.metaquant.export import ort_session
 
     sess = ort_session(onnx_path, profile)
     name = sess.get_inputs()[0].name
@@ -258,7 +259,7 @@ def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, fp32_o
     backends need, behind the parity gate (and, for tensorrt, the Q/DQ placement rules).
     Returns (model the parity gate compared against, quant info, parity report)."""
     from metaedge.compress import metaquant as mq
-    from metaedge.deploy.trt_qdq_rules import require_tensorrt_qdq
+    from metaedge.qdq.tensorrt_rules import require_tensorrt_qdq
 
     profile, why = _qdq_profile(cfg)
     example = data.val.tensors[0][:1]
@@ -270,7 +271,8 @@ def _stage_quant(cfg: PipelineConfig, model: nn.Module, data: DataSplits, fp32_o
         info["accuracy"] = {"val": None, "test": _profile_accuracy(onnx_path, data, profile)}
         parity = {"reference": "fp32 PyTorch (PTQ has no fake-quant model)", **check_parity(model, onnx_path, data.val.tensors[0], cfg.export, raise_on_fail=False).to_dict()}
         return model, info, parity
-    from metaedge.deploy.qdq import check_qdq_fusion, check_qdq_parity, export_qdq
+    from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq
+    from metaedge.deploy.qdq import check_qdq_fusion
 
     wbits, abits = mq.parse_quant_spec(str(cfg.quant))
     qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits),
