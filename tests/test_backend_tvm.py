@@ -90,6 +90,13 @@ def test_qdq_onnx_compiles_with_parity(tiny_onnx, tmp_path):
     assert res.top1_agreement >= 0.75
     scale = float(np.abs(np.concatenate([ref.run(x) for x in xs])).max())
     assert res.max_abs_err < 0.25 * max(scale, 1.0)
+    # the compile stage's rule for quantized artifacts (errors in output steps) passes on the same outputs
+    from metaedge.deploy.compile import COMPILED_TOLERANCE
+    from metaedge.onnx_graph import output_step
+
+    outs = (np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
+    rule = compare(*outs, COMPILED_TOLERANCE["quantized"], step=output_step(qdq))
+    assert rule.passed and rule.kind == "quantized" and rule.step, rule
 
 
 def test_qoperator_onnx_refused_clearly(tiny_onnx, tmp_path):

@@ -110,7 +110,7 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "export the model first (metaedge export / compress)")
     names = _resolve_backends(backends, target)
-    input_name, shape, _ = onnx_input_spec(onnx_path)
+    _, shape, _ = onnx_input_spec(onnx_path)
     shape = (1,) + tuple(shape[1:])
     xs = parity_inputs(shape, parity_samples)
     ref = reference_outputs(onnx_path, xs)

@@ -3,8 +3,9 @@
 The model is exported with the dynamo exporter (``torch.onnx.export(dynamo=True)``), a dynamic
 batch axis, input ``input`` and output ``logits``, checked with ``onnx.checker`` and written
 atomically, weights inside the one file when they fit under protobuf's 2 GB limit. The gate then
-runs ONNX Runtime and PyTorch on the same real inputs; an export whose outputs disagree beyond
-tolerance is refused, so a wrong ONNX never reaches a device.
+runs ONNX Runtime and PyTorch on the same real inputs and judges them by the fp32 rule of
+:mod:`metaedge.parity` (``ExportConfig`` carries its tolerance); an export whose outputs disagree
+beyond tolerance is refused, so a wrong ONNX never reaches a device.
 """
 from __future__ import annotations
 
