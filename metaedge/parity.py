@@ -28,7 +28,7 @@ import numpy as np
 
 from metaedge.errors import MetaedgeError
 
-__all__ = ["FP32", "KINDS", "QUANTIZED", "ParityError", "ParityReport", "Tolerance", "compare", "tolerance_for"]
+__all__ = ["FP32", "KINDS", "QUANTIZED", "ParityError", "ParityReport", "Tolerance", "compare"]
 
 KINDS = ("fp32", "quantized")
 
@@ -63,10 +63,6 @@ class Tolerance:
 
 FP32 = Tolerance("fp32", atol=1e-3, min_top1_agreement=1.0)
 QUANTIZED = Tolerance("quantized", max_steps=24.0, mean_steps=2.0, min_top1_agreement=0.99)
-
-
-def tolerance_for(quantized: bool) -> Tolerance:
-    return QUANTIZED if quantized else FP32
 
 
 @dataclass(frozen=True)

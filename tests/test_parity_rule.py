@@ -7,7 +7,7 @@ import pytest
 
 from metaedge.errors import MetaedgeError
 from metaedge.onnx_graph import is_qdq, onnx_input_spec, output_step
-from metaedge.parity import FP32, QUANTIZED, ParityError, Tolerance, compare, tolerance_for
+from metaedge.parity import FP32, QUANTIZED, ParityError, Tolerance, compare
 
 REF = np.array([[4.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [2.0, 5.0, 0.0]])
 
@@ -47,7 +47,7 @@ def test_one_sample_shapes_and_mismatch():
 
 
 def test_tolerances_are_checked_when_built():
-    assert tolerance_for(False) is FP32 and tolerance_for(True) is QUANTIZED
+    assert FP32.kind == "fp32" and QUANTIZED.kind == "quantized"
     for bad in (dict(kind="int4"), dict(kind="fp32"), dict(kind="fp32", atol=-1.0), dict(kind="quantized", max_steps=2.0),
                 dict(kind="fp32", atol=1e-3, min_top1_agreement=1.5)):
         with pytest.raises(MetaedgeError):

@@ -49,10 +49,6 @@ class MeasureResult:
     detail: dict[str, Any] = field(default_factory=dict)  # runner-specific extras (HTTP: server time, throughput)
     samples_ms: tuple[float, ...] = field(default=(), repr=False)  # raw samples where the runner keeps them
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"latency": self.latency.to_dict(), "measured_on": self.measured_on,
-                "seconds": round(self.seconds, 3), **self.detail}
-
 
 class Runner(ABC):
     """Measures inputs somewhere; one config per runner, fixed at construction."""
