@@ -76,22 +76,21 @@ def _resolve_backends(backends: str | Sequence[str], target: Target) -> list[str
     return list(backends)
 
 
-def _parity(ref: np.ndarray, outputs: np.ndarray, quantized: bool, step: float | None) -> ParityReport:
+def _parity(ref: np.ndarray, outputs: np.ndarray, tolerance: Tolerance, step: float | None) -> ParityReport:
     n = len(ref)
-    tolerance = COMPILED_TOLERANCE["quantized" if quantized else "fp32"]
     return compare(ref.reshape(n, -1), outputs.reshape(n, -1), tolerance, step=step,
                    step_from="output DequantizeLinear scale" if step else None)
 
 
 def _measure_one(compiled: CompiledModel, target: Target, xs: np.ndarray, ref: np.ndarray, timing: TimingConfig,
-                 device: str | None, quantized: bool, step: float | None) -> dict[str, Any]:
+                 device: str | None, tolerance: Tolerance, step: float | None) -> dict[str, Any]:
     """Parity + latency for one compiled artifact: locally, remotely, or not at all (with why)."""
     try:
         runner = runner_for(target, compiled.backend, device, timing)
     except NotMeasurable as exc:
         return {"status": "compiled", "reason": exc.one_line()}
     res = runner.measure(MeasureInput(compiled, xs))
-    parity = _parity(ref, res.outputs, quantized, step)
+    parity = _parity(ref, res.outputs, tolerance, step)
     return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity.to_dict(), "measured_on": res.measured_on,
             "parity_pass": parity.passed}
 
@@ -116,6 +115,7 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     ref = reference_outputs(onnx_path, xs)
     quantized = is_qdq(onnx_path)
     step = output_step(onnx_path) if quantized else None
+    tolerance = COMPILED_TOLERANCE["quantized" if quantized else "fp32"]
     sha = file_sha256(onnx_path)
     variant = str(device or "local")
     # arch/gpu let the torch-free runner tell which target's choice runs on the machine it is on.
@@ -146,12 +146,13 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
                        int8=compiled.extra.get("int8"))
             entry[name] = rec
             continue
-        cache_tag = f"{variant}|{getattr(tvm_options, 'tune_trials', 0) if name == 'tvm' else 0}"
+        # The tolerance is part of the key: a cached verdict holds only under the rule that gave it.
+        cache_tag = f"{variant}|{getattr(tvm_options, 'tune_trials', 0) if name == 'tvm' else 0}|{tolerance}"
         cached = cache.get(sha, target.name, name, cache_tag) if cache is not None else None
         if cached and cached.get("status") == "ok":
             rec.update({k: v for k, v in cached.items() if k not in ("measured_at",)}, cached=True)
         else:
-            rec.update(_measure_one(compiled, target, xs, ref, timing, device, quantized, step))
+            rec.update(_measure_one(compiled, target, xs, ref, timing, device, tolerance, step))
             if cache is not None and rec.get("status") == "ok":
                 cache.put(sha, target.name, name, rec["latency"], cache_tag, status="ok", parity=rec["parity"],
                           parity_pass=rec["parity_pass"], measured_on=rec["measured_on"])
