@@ -241,7 +241,7 @@ def test_cli_serve_subprocess(artifact):
 
 # ---------------------------------------------------------------- HTTP profiling client + plot
 
-def test_profile_url_against_server(server, tmp_path):
+def test_http_runner_against_server(server, artifact, tmp_path):
     from metaedge.deploy.measure.base import MeasureInput
     from metaedge.deploy.measure.http import HttpRunner, HttpRunnerConfig
     from metaedge.latency import TimingConfig
@@ -256,10 +256,17 @@ def test_profile_url_against_server(server, tmp_path):
         assert r.detail["payload_bytes"] > 4 * r.detail["batch"] * 3 * 16 * 16
         assert len(r.samples_ms) == 15 and r.measured_on.startswith("http://127.0.0.1:")
     png = plot_latency({f"http b{r.detail['batch']}": r.samples_ms for r in results}, tmp_path / "lat.png", title="tinycnn")
+    # the served model computes what ONNX Runtime computes on the artifact, under the fp32 parity rule
+    from metaedge.parity import compare
+
+    x = np.random.default_rng(3).standard_normal((3, 1, 3, 16, 16)).astype(np.float32)
+    res = runner.measure(MeasureInput(None, x))
+    assert res.outputs.shape[:2] == (3, 1) and res.latency.repeats == 15
+    assert compare(ort_reference(artifact, x.reshape(3, 3, 16, 16)), res.outputs.reshape(3, -1)).passed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_profile_url_unreachable_is_user_error():
+def test_http_runner_unreachable_is_user_error():
     from _docker import free_port
 
     from metaedge.deploy.measure.base import MeasureInput

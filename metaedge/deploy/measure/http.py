@@ -2,7 +2,7 @@
 
 Reads the input shape from ``/healthz``, POSTs random float32 ``.npy`` batches of each input's
 ``batch`` to ``/infer`` over one keep-alive connection (:class:`metaedge.targets.http.HttpRuntimeClient`)
-and times each round trip. The server's own inference time (``latency_ms`` in each answer) is
+and times each round trip; an input's ``inputs`` are sent once, untimed, for their logits (parity). The server's own inference time (``latency_ms`` in each answer) is
 kept in ``detail["server"]``, so network + serialization overhead is visible. Torch-free.
 """
 from __future__ import annotations
@@ -51,6 +51,11 @@ class HttpRunner(Runner):
             rng = np.random.default_rng(cfg.seed)
             results = []
             for inp in inputs:
+                outputs = None
+                if inp.inputs is not None:
+                    rows = [np.asarray(r, dtype=np.float32).reshape(-1, *shape[1:]) for r in np.asarray(inp.inputs)]
+                    body = client.infer_npy(_npy(np.concatenate(rows)))
+                    outputs = np.asarray(body["logits"], dtype=np.float32).reshape(len(rows), rows[0].shape[0], -1)
                 payload = _npy(rng.standard_normal((inp.batch, *shape[1:])).astype(np.float32))
                 for _ in range(cfg.timing.warmup):
                     client.infer_npy(payload)
@@ -66,7 +71,7 @@ class HttpRunner(Runner):
                 detail = {"batch": inp.batch, "server": summarize(server).to_dict() if server else None,
                           "throughput_sps": inp.batch * cfg.timing.repeats / wall if wall > 0 else float("nan"),
                           "payload_bytes": len(payload)}
-                results.append(MeasureResult(summarize(samples), None, client.url, wall, inp.tag, detail, tuple(samples)))
+                results.append(MeasureResult(summarize(samples), outputs, client.url, wall, inp.tag, detail, tuple(samples)))
             return results
         finally:
             client.close()
