@@ -186,8 +186,7 @@ def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_c
             info["rank_check"] = res.rank_check
         return res.model, info, res.plot
     if cfg.pruner == "vib":
-        from metaedge.compress.vib import PRESETS as VIB_PRESETS
-        from metaedge.compress.vib import vib_prune
+        from metaedge.compress.vib import PRESETS as VIB_PRESETS, vib_prune
 
         out = vib_prune(model, data, prune_cfg, VIB_PRESETS[cfg.prune_preset], workdir, budget_fn=budget_fn, quiet=quiet)
     else:

@@ -69,9 +69,10 @@ def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[
     ``profile``: ``ort`` or ``tensorrt`` (see the module docstring). ``symmetric_activations``:
     int8 zero-point-0 activations in the ort profile too (ORT then converts them to uint8 + 128 on
     x86); the tensorrt profile always has them."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnx
 
     from metaedge.qdq.profiles import get_profile
 
