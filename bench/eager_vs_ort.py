@@ -16,8 +16,8 @@ import torch
 from metaedge.artifacts import atomic_write_json
 from metaedge.compress.cost import count_cost, format_count
 from metaedge.deploy.export import check_parity, export_onnx
+from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.latency import TimingConfig
-from metaedge.targets.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.zoo import create_model
 
 CASES = [

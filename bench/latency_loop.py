@@ -57,10 +57,11 @@ def main() -> int:
     from metaedge.compress.metapruning.materialize import l1_keep, materialize
     from metaedge.compress.metapruning.space import Pricer, WidthSpace
     from metaedge.deploy.backends.base import get_backend
+    from metaedge.deploy.latency_table import make_latency_fn
+    from metaedge.deploy.measure.base import MeasureInput
+    from metaedge.deploy.measure.select import runner_for
     from metaedge.latency import TimingConfig
-    from metaedge.targets.latency_table import make_latency_fn
-    from metaedge.targets.measure import rpc
-    from metaedge.targets.measure.tvm_local import measure_local
+    from metaedge.targets import rpc
     from metaedge.targets.registry import get_target
     from metaedge.zoo import create_model
 
@@ -98,6 +99,7 @@ def main() -> int:
             configs.append((f"random{len(configs)}", space.widths(space.sample(rng))))
 
         be = get_backend("tvm")
+        runner = runner_for(target, "tvm", device, timing)
         rows = []
         with tempfile.TemporaryDirectory() as work:
             for name, widths in configs:
@@ -106,10 +108,7 @@ def main() -> int:
                 torch.onnx.export(pruned, example, str(onnx_path), input_names=["input"], output_names=["logits"],
                                   opset_version=17, dynamo=False)
                 c = be.compile(onnx_path, target, Path(work) / name)
-                if device:
-                    lat = rpc.measure_remote(c.path, device, c.input_shape, timing, want_output=False).latency
-                else:
-                    lat, _ = measure_local(c.path, c.input_shape, timing)
+                lat = runner.measure(MeasureInput(c)).latency
                 pred = fn(pricer.specs(widths))
                 macs = pricer.macs(widths)
                 rows.append({"config": name, "macs": int(macs), "predicted_ms": pred, "measured_ms": lat.p50_ms})

@@ -28,8 +28,8 @@ from metaedge.compress.train import TrainConfig, evaluate, fit
 from metaedge.data import DataConfig, load_data, make_loader
 from metaedge.deploy.compile import compile_for_target
 from metaedge.deploy.export import export_onnx
+from metaedge.deploy.latency_table import make_latency_fn
 from metaedge.latency import TimingConfig
-from metaedge.targets.latency_table import make_latency_fn
 from metaedge.targets.registry import get_target
 from metaedge.zoo import create_model
 
@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         t0 = time.perf_counter()
-        fn = make_latency_fn(target, args.device, model=model, input_shape=shape, width_multipliers=(0.25, 0.5, 0.75, 1.0))
+        fn = make_latency_fn(target, args.device, specs=layer_specs(model, shape), width_multipliers=(0.25, 0.5, 0.75, 1.0))
         base_ms = measure(model, example, target, args.device, timing, tmp, "baseline")
         fn.table.calibrate(layer_specs(model, shape), base_ms)
         table_s = time.perf_counter() - t0

@@ -46,13 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from metaedge.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from metaedge.compress.metaquant import QuantConfig, quantize_model  # noqa: E402
+from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq, ort_session  # noqa: E402
 from metaedge.compress.metaquant.ptq import quantize_ptq  # noqa: E402
 from metaedge.compress.train import TrainConfig, evaluate, fit  # noqa: E402
 from metaedge.data import DataConfig, load_data, make_loader  # noqa: E402
 from metaedge.deploy.export import export_onnx  # noqa: E402
-from metaedge.deploy.qdq import check_qdq_fusion, check_qdq_parity, export_qdq, ort_session  # noqa: E402
-from metaedge.deploy.trt_qdq_rules import check_tensorrt_qdq  # noqa: E402
+from metaedge.deploy.qdq import check_qdq_fusion  # noqa: E402
 from metaedge.latency import TimingConfig, time_callable  # noqa: E402
+from metaedge.qdq.tensorrt_rules import check_tensorrt_qdq  # noqa: E402
 from metaedge.zoo import create_model  # noqa: E402
 
 # spec name -> (weight bits, weight quantizer)

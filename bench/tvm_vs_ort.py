@@ -83,7 +83,7 @@ def side_by_side(onnx_path: Path, lib: Path | None, rounds: int, repeats: int) -
 
 
 def ort_shape(onnx_path: Path) -> tuple[int, ...]:
-    from metaedge.deploy.backends.tvm import onnx_input_spec
+    from metaedge.onnx_graph import onnx_input_spec
 
     return onnx_input_spec(onnx_path)[1]
 

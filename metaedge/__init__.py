@@ -25,7 +25,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "quantize": ("metaedge.compress.metaquant", "quantize_model"),  # MetaQuant / STE / LSQ QAT
     "export": ("metaedge.deploy.export", "export_onnx"),  # fp32 ONNX (check_parity for the gate)
     "compile": ("metaedge.deploy.compile", "compile_for_target"),  # backends for a target, fastest chosen
-    "profile": ("metaedge.targets.measure.local", "time_onnxruntime"),  # latency of an ONNX model here
+    "profile": ("metaedge.deploy.measure.local", "time_onnxruntime"),  # latency of an ONNX model here
     # the deploy stage; not named "deploy": that is the metaedge.deploy subpackage's attribute
     "write_bundle": ("metaedge.deploy.bundle.builder", "write_bundle"),  # Docker bundle for a target
 }

@@ -143,7 +143,7 @@ def _check_targets(targets: tuple[str, ...]) -> None:
 
 def _check_device(device: str | None) -> None:
     if device is not None:
-        from metaedge.targets.measure.rpc import parse_device
+        from metaedge.targets.rpc import parse_device
 
         parse_device(device)
 

@@ -46,7 +46,7 @@ from metaedge.manifest import (
     QuantStage,
     RunSection,
 )
-from metaedge.targets.measure.local import time_onnxruntime, time_torch_eager
+from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.zoo import build_model
 
 __all__ = ["PipelineResult", "check_model_and_budget", "prune_cache_key", "quant_cache_key", "run_pipeline", "tool_versions"]
@@ -216,16 +216,16 @@ def _latency_budget(run: _Run, baseline: nn.Module):
     measurement of the baseline there; returns (latency_fn, budget_ms, info)."""
     from metaedge.compress.cost import layer_specs
     from metaedge.deploy.compile import compile_for_target
-    from metaedge.targets.latency_table import make_latency_fn
+    from metaedge.deploy.latency_table import make_latency_fn
     from metaedge.targets.registry import get_target
 
     cfg, data = run.cfg, run.data
     target = get_target(cfg.targets[0])
     run.log(f"prune: measuring the per-layer latency table of {cfg.model} on {target.name} ({cfg.device or 'this machine'})")
-    fn = make_latency_fn(target, cfg.device, model=baseline, input_shape=data.input_shape, width_multipliers=(0.25, 0.5, 0.75, 1.0))
+    specs = layer_specs(baseline, data.input_shape)
+    fn = make_latency_fn(target, cfg.device, specs=specs, width_multipliers=(0.25, 0.5, 0.75, 1.0))
     section = compile_for_target(run.out.path("baseline.onnx"), target, run.out.root / "latency-baseline", backends="tvm", timing=cfg.timing, device=cfg.device)
     measured = ((section.get("tvm") or {}).get("latency") or {}).get("p50_ms")
-    specs = layer_specs(baseline, data.input_shape)
     raw = fn.table.predict(specs)
     scale = fn.table.calibrate(specs, measured) if measured else None
     budget = cfg.prune_latency.resolve(measured or raw)
@@ -338,8 +338,8 @@ def _qdq_profile(cfg: PipelineConfig) -> tuple[str, str]:
 
 def _profile_accuracy(onnx_path: Path, data: DataSplits, profile: str) -> float:
     """Test accuracy in ORT with the session the parity gate uses for ``profile`` (for tensorrt: no
-    int8 -> uint8 conversion, whose x86 kernels saturate; see deploy.qdq.ort_session)."""
-    from metaedge.deploy.qdq import ort_session
+    int8 -> uint8 conversion, whose x86 kernels saturate; see compress.metaquant.export.ort_session)."""
+    from metaedge.compress.metaquant.export import ort_session
 
     sess = ort_session(onnx_path, profile)
     name = sess.get_inputs()[0].name
@@ -351,7 +351,7 @@ def _profile_accuracy(onnx_path: Path, data: DataSplits, profile: str) -> float:
 def _stage_ptq(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, profile: str, why: str) -> tuple[nn.Module, dict[str, Any]]:
     """Post-training int8 (ONNX Runtime's quantize_static, QDQ, per-channel) on training batches."""
     from metaedge.compress.metaquant.ptq import quantize_ptq
-    from metaedge.deploy.trt_qdq_rules import require_tensorrt_qdq
+    from metaedge.qdq.tensorrt_rules import require_tensorrt_qdq
 
     run.log(f"quant: post-training int8 with ONNX Runtime quantize_static (QDQ, per-channel, {profile} profile), 8 calibration batches of 32")
     x = run.data.train.tensors[0]
@@ -374,7 +374,8 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
     profile, why = _qdq_profile(cfg)
     if cfg.quantizer == "ptq":
         return _stage_ptq(run, model, fp32_onnx, onnx_path, profile, why)
-    from metaedge.deploy.qdq import check_qdq_fusion, check_qdq_parity, export_qdq
+    from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq
+    from metaedge.deploy.qdq import check_qdq_fusion
 
     wbits, abits = cfg.quant.weight_bits, cfg.quant.act_bits
     qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits),

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_backend_tvm import export_tiny_cnn  # noqa: E402
 
 from metaedge.deploy.backends.base import get_backend
 from metaedge.deploy.backends.onnxruntime import OrtRunner
+from metaedge.deploy.measure.base import MeasureInput
+from metaedge.deploy.measure.rpc import RpcRunner, RpcRunnerConfig
 from metaedge.latency import TimingConfig
-from metaedge.targets.measure import rpc
-
-from test_backend_tvm import export_tiny_cnn  # noqa: E402
+from metaedge.targets import rpc
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,9 @@ def test_setup_is_idempotent():
 def test_remote_run_and_parity(device, tiny, tmp_path, target):
     c = get_backend("tvm").compile(tiny, target, tmp_path / target)
     x = np.random.default_rng(0).standard_normal((2, 1, 3, 32, 32), dtype=np.float32)
-    res = rpc.measure_remote(c.path, device, c.input_shape, FAST, x=x)
+    res = RpcRunner(RpcRunnerConfig.for_device(device, FAST)).measure(MeasureInput(c, x))
     ref = np.stack([OrtRunner(tiny).run(s) for s in x])
-    np.testing.assert_allclose(res.output, ref, atol=1e-4)
+    np.testing.assert_allclose(res.outputs, ref, atol=1e-4)
     assert res.latency.repeats == FAST.repeats and res.latency.p50_ms > 0
     print(f"\n{target} on the emulated device: p50 {res.latency.p50_ms:.3f} ms (job {res.seconds:.1f} s)")
 
@@ -92,9 +93,9 @@ def test_compile_for_target_with_device(device, tiny, tmp_path):
 
 
 def test_layer_table_on_device(device, tmp_path):
-    from metaedge.targets.latency_table import measure_layers
-
     from test_latency_table import Spec
+
+    from metaedge.deploy.latency_table import measure_layers
 
     specs = [Spec("conv", 8, 16, (3, 3), (1, 1), 1, (16, 16), (16, 16)), Spec("linear", 32, 10)]
     table = measure_layers(specs, "arm64", device=device, timing=FAST, cache_path=tmp_path / "c.json")

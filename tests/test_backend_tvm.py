@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -14,9 +13,9 @@ import pytest
 
 from metaedge.deploy.backends.base import get_backend
 from metaedge.deploy.backends.onnxruntime import OrtRunner
-from metaedge.deploy.compare import compare_outputs
 from metaedge.errors import MetaedgeError
 from metaedge.latency import TimingConfig
+from metaedge.parity import compare
 
 FAST = TimingConfig(warmup=2, repeats=10)
 EM_AARCH64 = 183
@@ -74,8 +73,8 @@ def test_x86_compile_parity_and_timing(tiny_onnx, tmp_path):
     assert meta["input_name"] == "input" and meta["output_name"] == "logits" and meta["arch"] == "x86_64"
     runner, ref = be.load(c), OrtRunner(tiny_onnx)
     xs = _inputs()
-    res = compare_outputs(np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
-    assert res["max_abs_err"] < 1e-4 and res["top1_agreement"] == 1.0
+    res = compare(np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
+    assert res.passed and res.max_abs_err < 1e-4 and res.top1_agreement == 1.0
     lat = be.time(runner, xs[0], FAST)
     assert lat.repeats == FAST.repeats and 0 < lat.min_ms <= lat.p50_ms <= lat.p99_ms
 
@@ -86,11 +85,18 @@ def test_qdq_onnx_compiles_with_parity(tiny_onnx, tmp_path):
     c = be.compile(qdq, "x86", tmp_path / "tvm")
     runner, ref = be.load(c), OrtRunner(qdq)
     xs = _inputs(8)
-    res = compare_outputs(np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
+    res = compare(np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
     # ORT runs int8 kernels, TVM fake-quantized fp32: logits differ slightly, decisions should not.
-    assert res["top1_agreement"] >= 0.75
+    assert res.top1_agreement >= 0.75
     scale = float(np.abs(np.concatenate([ref.run(x) for x in xs])).max())
-    assert res["max_abs_err"] < 0.25 * max(scale, 1.0)
+    assert res.max_abs_err < 0.25 * max(scale, 1.0)
+    # the compile stage's rule for quantized artifacts (errors in output steps) passes on the same outputs
+    from metaedge.deploy.compile import COMPILED_TOLERANCE
+    from metaedge.onnx_graph import output_step
+
+    outs = (np.concatenate([ref.run(x) for x in xs]), np.concatenate([runner.run(x) for x in xs]))
+    rule = compare(*outs, COMPILED_TOLERANCE["quantized"], step=output_step(qdq))
+    assert rule.passed and rule.kind == "quantized" and rule.step, rule
 
 
 def test_qoperator_onnx_refused_clearly(tiny_onnx, tmp_path):
@@ -190,12 +196,17 @@ def test_cli_compile_updates_manifest(tiny_onnx, tmp_path):
         cli.run(ap.parse_args(["compile", "--target", "pi9", str(art)]))
 
 
-def test_local_measure_helper(tiny_onnx, tmp_path):
-    from metaedge.targets.measure.tvm_local import measure_local
+def test_local_runner(tiny_onnx, tmp_path):
+    from metaedge.deploy.measure.base import MeasureInput
+    from metaedge.deploy.measure.local import LocalRunner, LocalRunnerConfig
 
     c = get_backend("tvm").compile(tiny_onnx, "x86", tmp_path)
-    lat, out = measure_local(c.path, c.input_shape, FAST)
-    assert out.shape == (1, 10) and lat.repeats == FAST.repeats
+    xs = _inputs(2)
+    res = LocalRunner(LocalRunnerConfig(FAST)).measure(MeasureInput(c, xs, tag="tiny"))
+    assert res.outputs.shape == (2, 1, 10) and res.latency.repeats == FAST.repeats
+    assert res.measured_on == "local" and res.tag == "tiny"
+    np.testing.assert_allclose(res.outputs, np.stack([OrtRunner(tiny_onnx).run(x) for x in xs]), atol=1e-4)
+    assert LocalRunner(LocalRunnerConfig(FAST)).measure(MeasureInput(c)).outputs is None  # timing only
 
 
 

@@ -115,6 +115,13 @@ def test_tvm_bundle_picks_compiled_library(artifact, tmp_path):
     assert not (b.root / "artifact" / "model.onnx").exists()
     assert "apache-tvm" in (b.root / "requirements.txt").read_text()
     assert json.loads((b.root / "artifact" / "manifest.json").read_text())["deploy"]["backend"] == "tvm"
+    # a library whose compile-time parity verdict failed is not shipped
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["compiled"] = {"x86": {"tvm": {"path": "compiled/x86/tvm/model.so", "status": "ok", "parity_pass": False,
+                                            "parity": {"max_abs_err": 0.7, "top1_agreement": 0.5}}}}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MetaedgeError, match="failed the parity check at compile .*--backend onnxruntime"):
+        write_bundle(BundleConfig(target="x86", artifact=art, out=tmp_path / "c", backend="tvm"))
 
 
 BLOCKED_RUN = r"""

@@ -8,14 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from metaedge.deploy.latency_table import LatencyTable, layer_onnx, make_latency_fn, measure_layers, spec_key
 from metaedge.latency import TimingConfig
-from metaedge.targets.latency_table import LatencyTable, layer_onnx, make_latency_fn, measure_layers, spec_key
 
 FAST = TimingConfig(warmup=2, repeats=10)
 
 
 from metaedge.compress.cost import LayerSpec as Spec  # noqa: E402
-
 
 SPECS = [
     Spec("conv", 3, 16, (3, 3), (2, 2), 1, (32, 32), (16, 16), name="stem"),
@@ -56,15 +55,15 @@ def test_measure_predict_and_cache(tmp_path):
     assert table.layer_ms(SPECS[1]) == 0.0
     assert len(json.loads(cache.read_text())) == 5
     # a second table comes entirely from the disk cache: no compiler call
-    import metaedge.targets.latency_table as lt
+    import metaedge.deploy.latency_table as lt
 
     called = []
-    orig = lt._measure_specs
-    lt._measure_specs = lambda *a, **k: called.append(1) or orig(*a, **k)
+    orig = lt.runner_for
+    lt.runner_for = lambda *a, **k: called.append(1) or orig(*a, **k)
     try:
         again = measure_layers(SPECS, "x86", timing=FAST, cache_path=cache)
     finally:
-        lt._measure_specs = orig
+        lt.runner_for = orig
     assert not called and again.entries == table.entries
     # save/load round trip
     table.save(tmp_path / "t.json")
@@ -89,9 +88,8 @@ def test_make_latency_fn_from_model(tmp_path):
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
-    fn = make_latency_fn("x86", model=model, input_shape=(1, 3, 32, 32), timing=FAST, cache_path=tmp_path / "c.json",
-                         width_multipliers=(0.5, 1.0))
     specs = cost.layer_specs(model, (1, 3, 32, 32))
+    fn = make_latency_fn("x86", specs=specs, timing=FAST, cache_path=tmp_path / "c.json", width_multipliers=(0.5, 1.0))
     full = fn(specs)
     assert full > 0 and full == pytest.approx(fn.table.predict(specs))
     # a pruned variant (half the channels) was measured too and predicts no slower
@@ -105,8 +103,10 @@ def test_make_latency_fn_from_model(tmp_path):
 def test_cross_target_without_device_is_refused(tmp_path):
     from metaedge.errors import MetaedgeError
 
-    with pytest.raises(MetaedgeError, match="--device|device"):
+    with pytest.raises(MetaedgeError, match="built for rpi4 .*--device tracker-host:port/key"):
         measure_layers(SPECS[:1], "rpi4", timing=FAST, cache_path=tmp_path / "c.json")
+    with pytest.raises(MetaedgeError, match="onnxruntime cannot be measured over TVM RPC"):
+        measure_layers(SPECS[:1], "rpi4", device="127.0.0.1:9190/rpi4", backend="onnxruntime", cache_path=None)
 
 
 def test_calibrate_scales_predictions():

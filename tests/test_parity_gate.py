@@ -5,8 +5,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from metaedge.deploy.export import ExportConfig, ParityError, check_parity, export_onnx
 from metaedge.deploy.backends.onnxruntime import OrtRunner
+from metaedge.deploy.export import ExportConfig, check_parity, export_onnx
+from metaedge.parity import ParityError
 
 
 def test_export_has_dynamic_batch_and_names(tiny_onnx):

@@ -30,13 +30,12 @@ def _manifest(cfg: PipelineConfig) -> dict:
 
 def _fake_latency_table(monkeypatch):
     """A latency table priced from MACs and a baseline 'measured' at 0.5 ms, instead of TVM builds of every layer."""
-    from metaedge.compress.cost import layer_specs
     from metaedge.deploy import compile as compile_mod
-    from metaedge.targets import latency_table as lt
+    from metaedge.deploy import latency_table as lt
 
-    def make_latency_fn(target, device=None, *, model, input_shape, width_multipliers=(1.0,), **_):
+    def make_latency_fn(target, device=None, *, specs, width_multipliers=(1.0,), **_):
         table = lt.LatencyTable(target.name, "tvm", device, overhead_ms=0.01)
-        for s in layer_specs(model, input_shape):
+        for s in specs:
             table.add(s, 1e-3 + 1e-6 * s.macs)
         fn = lambda specs: table.predict(specs)  # noqa: E731
         fn.table = table

@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from metaedge.compress.metaquant.export import ort_session
 from metaedge.compress.metaquant.ptq import BatchReader, quantize_ptq
 from metaedge.deploy.backends.onnxruntime import OrtRunner
 from metaedge.deploy.export import export_onnx
-from metaedge.deploy.qdq import check_qdq_fusion, ort_session
-from metaedge.deploy.trt_qdq_rules import check_tensorrt_qdq
+from metaedge.deploy.qdq import check_qdq_fusion
 from metaedge.errors import MetaedgeError
+from metaedge.qdq.tensorrt_rules import check_tensorrt_qdq
 
 
 def _model() -> nn.Module:

@@ -43,7 +43,7 @@ def test_every_stage_has_an_entry():
     from metaedge.deploy.compile import compile_for_target
     from metaedge.deploy.export import export_onnx
     from metaedge.pipeline import run_pipeline
-    from metaedge.targets.measure.local import time_onnxruntime
+    from metaedge.deploy.measure.local import time_onnxruntime
 
     expected = {"PipelineConfig": PipelineConfig, "run_pipeline": run_pipeline, "prune": prune_model, "quantize": quantize_model, "export": export_onnx,
                 "compile": compile_for_target, "profile": time_onnxruntime, "write_bundle": write_bundle}

@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq
 from metaedge.compress.metaquant.qat import act_quantizers, calibrate, prepare_qat, quant_layers
-from metaedge.deploy.export import ParityError
-from metaedge.deploy.qdq import PARITY_MAX_STEPS, check_qdq_fusion, check_qdq_parity, choose_qdq_profile, export_qdq
-from metaedge.deploy.trt_qdq_rules import check_tensorrt_qdq
+from metaedge.deploy.qdq import check_qdq_fusion, choose_qdq_profile
 from metaedge.errors import MetaedgeError
+from metaedge.parity import QUANTIZED, ParityError
+from metaedge.qdq.tensorrt_rules import check_tensorrt_qdq
 
 
 class Block(nn.Module):
@@ -158,7 +159,7 @@ def test_ort_parity_in_steps_and_int8_fusion(exported, key, tmp_path):
     report = check_qdq_parity(q, path, x)
     assert report["passed"] and report["top1_agreement"] >= 0.99
     assert report["step"] == pytest.approx(act_quantizers(q)[-1].qparams()[0]) and report["step_from"] == "output quantizer scale"
-    assert report["atol"] == pytest.approx(PARITY_MAX_STEPS * report["step"]) and report["max_err_steps"] <= PARITY_MAX_STEPS
+    assert report["atol"] == pytest.approx(QUANTIZED.max_steps * report["step"]) and report["max_err_steps"] <= QUANTIZED.max_steps
     fusion = check_qdq_fusion(path, tmp_path / "opt.onnx")
     assert fusion["fused"], fusion
     assert fusion["int8_kernels"].get("QLinearConv") == 3

@@ -6,21 +6,27 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_backend_tvm import export_tiny_cnn  # noqa: E402
 
 from metaedge.deploy.backends.base import get_backend
 from metaedge.deploy.backends.onnxruntime import OrtRunner
+from metaedge.deploy.measure.base import MeasureInput, NotMeasurable
+from metaedge.deploy.measure.cache import LatencyCache
+from metaedge.deploy.measure.rpc import RpcRunner, RpcRunnerConfig
 from metaedge.errors import MetaedgeError
 from metaedge.latency import LatencyStats, TimingConfig
-from metaedge.targets.measure import rpc
-from metaedge.targets.measure.cache import LatencyCache
-
-from test_backend_tvm import export_tiny_cnn  # noqa: E402
+from metaedge.targets import rpc
 
 FAST = TimingConfig(warmup=2, repeats=10)
 KEY = "x86-test"
+
+
+def _runner(device: str, **kw) -> RpcRunner:
+    return RpcRunner(RpcRunnerConfig.for_device(device, FAST, **kw))
 
 
 def _stop(proc) -> None:
@@ -66,32 +72,30 @@ def test_parse_device():
 def test_remote_measure_with_parity(two_servers, x86_lib):
     onnx_path, c = x86_lib
     x = np.random.default_rng(0).standard_normal((3, 1, 3, 32, 32), dtype=np.float32)
-    res = rpc.measure_remote(c.path, two_servers, c.input_shape, FAST, x=x)
+    res = _runner(two_servers).measure(MeasureInput(c, x, tag="tiny"))
     assert isinstance(res.latency, LatencyStats) and res.latency.repeats == FAST.repeats
     assert res.latency.p50_ms <= res.latency.p90_ms <= res.latency.p99_ms
+    assert res.measured_on == two_servers and res.tag == "tiny"
     ref = np.stack([OrtRunner(onnx_path).run(s) for s in x])
-    np.testing.assert_allclose(res.output, ref, atol=1e-4)
+    np.testing.assert_allclose(res.outputs, ref, atol=1e-4)
 
 
-def test_parallel_devices(two_servers, x86_lib):
+def test_parallel_devices(two_servers, x86_lib, monkeypatch):
     _, c = x86_lib
     # A server re-registers with the tracker a moment after the previous test's session ends.
     rpc.wait_for_servers(two_servers, 2)
     assert rpc.free_servers(two_servers) == 2
     seen_threads: set[str] = set()
-    orig = rpc.measure_remote
+    orig = RpcRunner.measure_in
 
-    def spy(*a, **kw):
+    def spy(self, sess, inp):
         seen_threads.add(threading.current_thread().name)
-        return orig(*a, **kw)
+        return orig(self, sess, inp)
 
-    jobs = [rpc.MeasureJob(c.path, c.input_shape, tag=str(i)) for i in range(6)]
-    rpc.measure_remote = spy
-    try:
-        results = rpc.measure_many(jobs, two_servers, FAST)
-    finally:
-        rpc.measure_remote = orig
-    assert len(results) == 6 and all(r.latency.repeats == FAST.repeats for r in results)
+    monkeypatch.setattr(RpcRunner, "measure_in", spy)
+    results = _runner(two_servers).run([MeasureInput(c, tag=str(i)) for i in range(6)])
+    assert [r.tag for r in results] == [str(i) for i in range(6)]  # input order, whichever device ran it
+    assert all(r.latency.repeats == FAST.repeats and r.outputs is None for r in results)
     assert len(seen_threads) == 2  # one worker (and session) per device
 
 
@@ -99,8 +103,9 @@ def test_direct_server(x86_lib):
     _, c = x86_lib
     proc, port = rpc.start_local_server(None, port=9460)
     try:
-        res = rpc.measure_remote(c.path, f"127.0.0.1:{port}", c.input_shape, FAST)
-        assert res.output.shape == (1, 10)
+        x = np.random.default_rng(0).standard_normal((1, 1, 3, 32, 32), dtype=np.float32)
+        res = _runner(f"127.0.0.1:{port}").measure(MeasureInput(c, x))
+        assert res.outputs.shape == (1, 1, 10)
     finally:
         _stop(proc)
 
@@ -109,14 +114,14 @@ def test_unknown_key_times_out_with_clear_error(tracker, x86_lib):
     _, c = x86_lib
     t0 = time.time()
     with pytest.raises(MetaedgeError, match="did not answer within 3 s while opening a session"):
-        rpc.measure_remote(c.path, f"127.0.0.1:{tracker}/no-such-device", c.input_shape, FAST, connect_timeout_s=3)
+        _runner(f"127.0.0.1:{tracker}/no-such-device", connect_timeout_s=3).measure(MeasureInput(c))
     assert time.time() - t0 < 10
 
 
 def test_nothing_listening(x86_lib):
     _, c = x86_lib
     with pytest.raises(MetaedgeError, match="127.0.0.1:9"):
-        rpc.measure_remote(c.path, "127.0.0.1:9", c.input_shape, FAST, connect_timeout_s=5)
+        _runner("127.0.0.1:9", connect_timeout_s=5).measure(MeasureInput(c))
 
 
 def test_device_dropping_mid_session(tracker, x86_lib):
@@ -130,15 +135,18 @@ def test_device_dropping_mid_session(tracker, x86_lib):
         proc.kill()
         proc.wait(10)
         with pytest.raises(MetaedgeError, match="dropper"):
-            rpc.measure_remote(c.path, f"127.0.0.1:{tracker}/{key}", c.input_shape, FAST, session=sess,
-                               step_timeout_s=20)
+            _runner(f"127.0.0.1:{tracker}/{key}", step_timeout_s=20).measure_in(sess, MeasureInput(c))
     finally:
         _stop(proc)
 
 
-def test_missing_library():
+def test_wrong_artifacts_are_refused_before_connecting(x86_lib, tmp_path):
+    onnx_path, c = x86_lib
     with pytest.raises(MetaedgeError, match="does not exist"):
-        rpc.measure_remote("/nonexistent/model.so", "127.0.0.1:9190/k", (1, 3, 8, 8))
+        _runner("127.0.0.1:9190/k").measure(MeasureInput(replace(c, path=tmp_path / "missing.so")))
+    ort = get_backend("onnxruntime").compile(onnx_path, "x86", tmp_path / "ort")
+    with pytest.raises(NotMeasurable, match="onnxruntime cannot be measured over TVM RPC"):
+        _runner("127.0.0.1:9190/k").measure(MeasureInput(ort))
 
 
 def test_latency_cache(tmp_path):

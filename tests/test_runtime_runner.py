@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _docker import REPO, make_tiny_artifact, npy_bytes, ort_reference, post
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -242,29 +241,40 @@ def test_cli_serve_subprocess(artifact):
 
 # ---------------------------------------------------------------- HTTP profiling client + plot
 
-def test_profile_url_against_server(server, tmp_path):
+def test_http_runner_against_server(server, artifact, tmp_path):
+    from metaedge.deploy.measure.base import MeasureInput
+    from metaedge.deploy.measure.http import HttpRunner, HttpRunnerConfig
     from metaedge.latency import TimingConfig
     from metaedge.report.plots import plot_latency
-    from metaedge.targets.measure.http import profile_url
 
-    results = profile_url(server.url, batch_sizes=(1, 4), config=TimingConfig(warmup=2, repeats=15))
-    assert [r.batch for r in results] == [1, 4]
+    runner = HttpRunner(HttpRunnerConfig(server.url, TimingConfig(warmup=2, repeats=15)))
+    results = runner.run([MeasureInput(None, batch=1), MeasureInput(None, batch=4)])
+    assert [r.detail["batch"] for r in results] == [1, 4]
     for r in results:
-        assert r.request.repeats == 15 and r.request.p50_ms > 0 and r.throughput_sps > 0
-        assert r.server is not None and r.server.p50_ms <= r.request.p50_ms
-        assert r.payload_bytes > 4 * r.batch * 3 * 16 * 16
-    png = plot_latency({f"http b{r.batch}": r.samples_ms for r in results}, tmp_path / "lat.png", title="tinycnn")
+        assert r.latency.repeats == 15 and r.latency.p50_ms > 0 and r.detail["throughput_sps"] > 0
+        assert r.detail["server"] is not None and r.detail["server"]["p50_ms"] <= r.latency.p50_ms
+        assert r.detail["payload_bytes"] > 4 * r.detail["batch"] * 3 * 16 * 16
+        assert len(r.samples_ms) == 15 and r.measured_on.startswith("http://127.0.0.1:")
+    png = plot_latency({f"http b{r.detail['batch']}": r.samples_ms for r in results}, tmp_path / "lat.png", title="tinycnn")
+    # the served model computes what ONNX Runtime computes on the artifact, under the fp32 parity rule
+    from metaedge.parity import compare
+
+    x = np.random.default_rng(3).standard_normal((3, 1, 3, 16, 16)).astype(np.float32)
+    res = runner.measure(MeasureInput(None, x))
+    assert res.outputs.shape[:2] == (3, 1) and res.latency.repeats == 15
+    assert compare(ort_reference(artifact, x.reshape(3, 3, 16, 16)), res.outputs.reshape(3, -1)).passed
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_profile_url_unreachable_is_user_error():
-    from metaedge.errors import MetaedgeError
-    from metaedge.targets.measure.http import profile_url
-
+def test_http_runner_unreachable_is_user_error():
     from _docker import free_port
 
+    from metaedge.deploy.measure.base import MeasureInput
+    from metaedge.deploy.measure.http import HttpRunner, HttpRunnerConfig
+    from metaedge.errors import MetaedgeError
+
     with pytest.raises(MetaedgeError, match="cannot reach"):
-        profile_url(f"http://127.0.0.1:{free_port()}")
+        HttpRunner(HttpRunnerConfig(f"http://127.0.0.1:{free_port()}")).measure(MeasureInput(None))
 
 
 def test_cli_profile_url_and_local(server, artifact, tmp_path):

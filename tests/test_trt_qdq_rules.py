@@ -8,8 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from metaedge.deploy.trt_qdq_rules import RULES, check_tensorrt_qdq, require_tensorrt_qdq
 from metaedge.errors import MetaedgeError
+from metaedge.qdq.tensorrt_rules import RULES, check_tensorrt_qdq, require_tensorrt_qdq
 
 
 def _graph(*, zp_type=TensorProto.INT8, zp_value=0, act_scale=0.05, weight_dq_from_int8=False, share_dq=False,
@@ -121,8 +121,8 @@ def test_q_feeding_two_dqs_is_one_pair_too_many():
 def test_tensorrt_profile_export_of_a_zoo_model_passes(tmp_path):
     """ResNet-20 (residual adds: a quantized tensor with two consumers) through the real exporter.
     (The ort profile failing these rules is checked in test_qdq_export.py.)"""
+    from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq
     from metaedge.compress.metaquant.qat import calibrate, prepare_qat
-    from metaedge.deploy.qdq import check_qdq_parity, export_qdq
     from metaedge.zoo import create_model
 
     torch.manual_seed(0)

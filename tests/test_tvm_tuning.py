@@ -15,11 +15,11 @@ from metaedge.deploy.backends.tvm import (  # noqa: E402
     TvmBackend,
     TvmOptions,
     build_relax_module,
-    onnx_input_spec,
     prepare_module,
     schedule_module,
     with_num_cores,
 )
+from metaedge.onnx_graph import onnx_input_spec  # noqa: E402
 from metaedge.targets.registry import get_target  # noqa: E402
 
 

@@ -42,8 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from metaedge.artifacts import MANIFEST_NAME, ArtifactDir
     from metaedge.deploy.compile import compile_for_target
+    from metaedge.deploy.measure.cache import LatencyCache
     from metaedge.latency import TimingConfig
-    from metaedge.targets.measure.cache import LatencyCache
     from metaedge.targets.registry import get_target, load_targets_toml
 
     if args.targets_file is not None:

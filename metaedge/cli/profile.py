@@ -119,10 +119,13 @@ def _profile_local(path: Path, shape: tuple[int, ...], batches: tuple[int, ...],
 
 
 def _profile_url(url: str, batches: tuple[int, ...], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from metaedge.deploy.measure.base import MeasureInput
+    from metaedge.deploy.measure.http import HttpRunner, HttpRunnerConfig
     from metaedge.latency import TimingConfig
-    from metaedge.targets.measure.http import HttpRuntimeClient, profile_url
+    from metaedge.targets.http import HttpRuntimeClient
 
-    results = profile_url(url, batches, TimingConfig(warmup=max(0, args.warmup), repeats=args.repeats))
+    runner = HttpRunner(HttpRunnerConfig(url, TimingConfig(warmup=max(0, args.warmup), repeats=args.repeats)))
+    results = runner.run([MeasureInput(None, batch=b) for b in batches])
     client = HttpRuntimeClient(url)
     try:
         health, metrics = client.health(), client.metrics()
@@ -131,11 +134,11 @@ def _profile_url(url: str, batches: tuple[int, ...], args: argparse.Namespace) -
     rows = []
     for r in results:
         rows.append({
-            "source": f"http/{health.get('backend', '?')}", "where": r.url, "batch": r.batch,
-            "latency": r.request.to_dict(), "server_latency": r.server.to_dict() if r.server else None,
-            "samples_ms": list(r.samples_ms), "throughput_sps": r.throughput_sps,
+            "source": f"http/{health.get('backend', '?')}", "where": r.measured_on, "batch": r.detail["batch"],
+            "latency": r.latency.to_dict(), "server_latency": r.detail["server"],
+            "samples_ms": list(r.samples_ms), "throughput_sps": r.detail["throughput_sps"],
             "rss_mb": metrics.get("rss_mb"), "peak_rss_mb": metrics.get("peak_rss_mb"),
-            "model_bytes": health.get("model_bytes"), "payload_bytes": r.payload_bytes,
+            "model_bytes": health.get("model_bytes"), "payload_bytes": r.detail["payload_bytes"],
         })
     return rows
 

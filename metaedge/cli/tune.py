@@ -64,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
                             "pass --device tracker-host:port/key (see `metaedge profile --help` for the tracker)")
     onnx_path = _resolve_onnx(args.source)
     if args.device is not None:
-        from metaedge.targets.measure.rpc import parse_device
+        from metaedge.targets.rpc import parse_device
 
         if parse_device(args.device).key is None:
             raise MetaedgeError(f"--device {args.device} has no key", "tuning goes through a tracker: tracker-host:port/key")
 
-    from metaedge.deploy.backends.tvm import build_relax_module, onnx_input_spec, tune_module, tuning_dir_for
+    from metaedge.deploy.backends.tvm import build_relax_module, tune_module, tuning_dir_for
+    from metaedge.onnx_graph import onnx_input_spec
 
     db = args.tuning_dir or tuning_dir_for(target.name, args.cache_dir)
     name, shape, _ = onnx_input_spec(onnx_path)

@@ -13,7 +13,6 @@ measured, the target's preferred backend among those that compiled is chosen, an
 """
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,16 +20,27 @@ from typing import Any, Sequence
 import numpy as np
 
 from metaedge.artifacts import file_sha256
-from metaedge.deploy.backends.base import Backend, get_backend
-from metaedge.deploy.compare import compare_outputs
+from metaedge.deploy.backends.base import Backend, CompiledModel, get_backend, list_backends
+from metaedge.deploy.measure.base import MeasureInput, NotMeasurable
+from metaedge.deploy.measure.select import runner_for
 from metaedge.errors import MetaedgeError
 from metaedge.latency import TimingConfig
+from metaedge.onnx_graph import is_qdq, onnx_input_spec, output_step
+from metaedge.parity import FP32, QUANTIZED, ParityReport, Tolerance, compare
+from metaedge.targets.registry import Target, get_target
 from metaedge.targets.toolchain import ToolchainMissing
 
-__all__ = ["compile_for_target", "make_backend", "parity_inputs", "reference_outputs"]
+__all__ = ["COMPILED_TOLERANCE", "compile_for_target", "make_backend", "parity_inputs", "reference_outputs"]
 
 PARITY_SAMPLES = 4
-FP32_ATOL = 1e-3  # relative to the logits' scale (see _parity_pass)
+# The parity rule by artifact kind (metaedge.parity), with one change for compiled quantized
+# artifacts: the reference is ONNX Runtime running int8 kernels while TVM emulates Q/DQ in fp32,
+# on PARITY_SAMPLES random inputs rather than real images, so one flipped decision in four is
+# tolerated; the error bounds in output steps are the QDQ export's.
+COMPILED_TOLERANCE: dict[str, Tolerance] = {
+    "fp32": FP32,
+    "quantized": Tolerance("quantized", max_steps=QUANTIZED.max_steps, mean_steps=QUANTIZED.mean_steps, min_top1_agreement=0.75),
+}
 
 
 def make_backend(name: str, tvm_options: Any = None) -> Backend:
@@ -54,28 +64,11 @@ def reference_outputs(onnx_path: Path, xs: np.ndarray) -> np.ndarray:
     return np.stack([ref.run(x) for x in xs])
 
 
-def _is_quantized(onnx_path: Path) -> bool:
-    from metaedge.deploy.backends.tensorrt import is_qdq
-
-    return is_qdq(onnx_path)
-
-
-def _parity_pass(parity: dict[str, Any], ref: np.ndarray, quantized: bool) -> bool:
-    # fp32 artifacts must match ORT closely; quantized graphs run int8 kernels in ORT but fake-quant
-    # fp32 in TVM, so small logit shifts are expected and only the decisions are judged.
-    if quantized:
-        return parity["top1_agreement"] >= 0.75
-    scale = max(1.0, float(np.abs(ref).max()))
-    return parity["top1_agreement"] == 1.0 and parity["max_abs_err"] <= FP32_ATOL * scale
-
-
-def _resolve_backends(backends: str | Sequence[str], target) -> list[str]:
+def _resolve_backends(backends: str | Sequence[str], target: Target) -> list[str]:
     if isinstance(backends, str):
         if backends == "auto":
             return list(target.backends)
         backends = [b.strip() for b in backends.split(",") if b.strip()]
-    from metaedge.deploy.backends.base import list_backends
-
     known = list_backends()
     bad = [b for b in backends if b not in known]
     if bad:
@@ -83,32 +76,23 @@ def _resolve_backends(backends: str | Sequence[str], target) -> list[str]:
     return list(backends)
 
 
-def _measure_one(backend: Backend, compiled, target, onnx_path: Path, xs: np.ndarray, ref: np.ndarray,
-                 timing: TimingConfig, device: str | None, quantized: bool) -> dict[str, Any]:
-    """Parity + latency for one compiled artifact: locally, remotely, or not at all (with why)."""
-    if device is not None:
-        if backend.name != "tvm":
-            return {"status": "compiled", "reason": f"{backend.name} cannot be measured over TVM RPC; "
-                                                     "measure it with the device runner (metaedge deploy)"}
-        from metaedge.targets.measure.rpc import measure_remote
+def _parity(ref: np.ndarray, outputs: np.ndarray, tolerance: Tolerance, step: float | None) -> ParityReport:
+    n = len(ref)
+    return compare(ref.reshape(n, -1), outputs.reshape(n, -1), tolerance, step=step,
+                   step_from="output DequantizeLinear scale" if step else None)
 
-        res = measure_remote(compiled.path, device, compiled.input_shape, timing,
-                             device_kind=compiled.extra.get("device", "cpu"), x=xs)
-        parity = compare_outputs(ref.reshape(len(xs), -1), res.output.reshape(len(xs), -1))
-        return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity, "measured_on": str(device),
-                "parity_pass": _parity_pass(parity, ref, quantized)}
-    if not target.runs_here() and backend.name != "onnxruntime" or (
-            backend.name == "onnxruntime" and target.arch != platform.machine()):
-        return {"status": "compiled", "reason": f"built for {target.name} ({target.arch}"
-                f"{', GPU' if target.is_gpu else ''}); measure it on the device with --device tracker-host:port/key"}
-    if target.is_gpu and backend.name == "onnxruntime":
-        return {"status": "compiled", "reason": "onnxruntime here is the CPU build; GPU latency needs onnxruntime-gpu on the target"}
-    runner = backend.load(compiled, threads=timing.threads)
-    outs = np.stack([runner.run(x) for x in xs])
-    parity = compare_outputs(ref.reshape(len(xs), -1), outs.reshape(len(xs), -1))
-    lat = backend.time(runner, xs[0], timing)
-    return {"status": "ok", "latency": lat.to_dict(), "parity": parity, "measured_on": "local",
-            "parity_pass": _parity_pass(parity, ref, quantized)}
+
+def _measure_one(compiled: CompiledModel, target: Target, xs: np.ndarray, ref: np.ndarray, timing: TimingConfig,
+                 device: str | None, tolerance: Tolerance, step: float | None) -> dict[str, Any]:
+    """Parity + latency for one compiled artifact: locally, remotely, or not at all (with why)."""
+    try:
+        runner = runner_for(target, compiled.backend, device, timing)
+    except NotMeasurable as exc:
+        return {"status": "compiled", "reason": exc.one_line()}
+    res = runner.measure(MeasureInput(compiled, xs))
+    parity = _parity(ref, res.outputs, tolerance, step)
+    return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity.to_dict(), "measured_on": res.measured_on,
+            "parity_pass": parity.passed}
 
 
 def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | str, backends: str | Sequence[str] = "auto",
@@ -118,22 +102,20 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     and return the target's manifest section ``{<backend>: {...}, "chosen": ..., "chosen_by": ...}``.
 
     ``device`` (``tracker-host:port/key`` or ``host:port``) measures TVM artifacts on a remote device.
-    ``cache`` (a :class:`~metaedge.targets.measure.cache.LatencyCache`) skips re-measuring the same
+    ``cache`` (a :class:`~metaedge.deploy.measure.cache.LatencyCache`) skips re-measuring the same
     model bytes on the same target/backend/device."""
-    from metaedge.targets.registry import get_target
-
     target = get_target(target)
     onnx_path, artifact_dir = Path(onnx_path), Path(artifact_dir)
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "export the model first (metaedge export / compress)")
     names = _resolve_backends(backends, target)
-    from metaedge.deploy.backends.tvm import onnx_input_spec
-
-    input_name, shape, _ = onnx_input_spec(onnx_path)
+    _, shape, _ = onnx_input_spec(onnx_path)
     shape = (1,) + tuple(shape[1:])
     xs = parity_inputs(shape, parity_samples)
     ref = reference_outputs(onnx_path, xs)
-    quantized = _is_quantized(onnx_path)
+    quantized = is_qdq(onnx_path)
+    step = output_step(onnx_path) if quantized else None
+    tolerance = COMPILED_TOLERANCE["quantized" if quantized else "fp32"]
     sha = file_sha256(onnx_path)
     variant = str(device or "local")
     # arch/gpu let the torch-free runner tell which target's choice runs on the machine it is on.
@@ -164,12 +146,13 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
                        int8=compiled.extra.get("int8"))
             entry[name] = rec
             continue
-        cache_tag = f"{variant}|{getattr(tvm_options, 'tune_trials', 0) if name == 'tvm' else 0}"
+        # The tolerance is part of the key: a cached verdict holds only under the rule that gave it.
+        cache_tag = f"{variant}|{getattr(tvm_options, 'tune_trials', 0) if name == 'tvm' else 0}|{tolerance}"
         cached = cache.get(sha, target.name, name, cache_tag) if cache is not None else None
         if cached and cached.get("status") == "ok":
             rec.update({k: v for k, v in cached.items() if k not in ("measured_at",)}, cached=True)
         else:
-            rec.update(_measure_one(backend, compiled, target, onnx_path, xs, ref, timing, device, quantized))
+            rec.update(_measure_one(compiled, target, xs, ref, timing, device, tolerance, step))
             if cache is not None and rec.get("status") == "ok":
                 cache.put(sha, target.name, name, rec["latency"], cache_tag, status="ok", parity=rec["parity"],
                           parity_pass=rec["parity_pass"], measured_on=rec["measured_on"])
@@ -178,7 +161,7 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     return entry
 
 
-def _choose(entry: dict[str, Any], names: list[str], target) -> dict[str, Any]:
+def _choose(entry: dict[str, Any], names: list[str], target: Target) -> dict[str, Any]:
     measured = [(entry[n]["latency"]["p50_ms"], n) for n in names
                 if isinstance(entry.get(n), dict) and entry[n].get("status") == "ok" and entry[n].get("parity_pass")]
     if measured:

@@ -3,8 +3,9 @@
 The model is exported with the dynamo exporter (``torch.onnx.export(dynamo=True)``), a dynamic
 batch axis, input ``input`` and output ``logits``, checked with ``onnx.checker`` and written
 atomically, weights inside the one file when they fit under protobuf's 2 GB limit. The gate then
-runs ONNX Runtime and PyTorch on the same real inputs; an export whose outputs disagree beyond
-tolerance is refused, so a wrong ONNX never reaches a device.
+runs ONNX Runtime and PyTorch on the same real inputs and judges them by the fp32 rule of
+:mod:`metaedge.parity` (``ExportConfig`` carries its tolerance); an export whose outputs disagree
+beyond tolerance is refused, so a wrong ONNX never reaches a device.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,38 +22,24 @@ import torch.nn as nn
 
 from metaedge.artifacts import atomic_path
 from metaedge.errors import MetaedgeError
+from metaedge.onnx_graph import INPUT_NAME, OUTPUT_NAME
+from metaedge.parity import FP32, ParityReport, Tolerance, compare
 
-__all__ = ["ExportConfig", "ParityReport", "ParityError", "check_parity", "compare_logits", "export_onnx"]
+__all__ = ["ExportConfig", "check_parity", "export_onnx"]
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 18
-    atol: float = 1e-3  # max |onnx - torch| over all logits
-    min_top1_agreement: float = 1.0  # fraction of inputs whose arg-max must agree
+    atol: float = FP32.atol  # type: ignore[assignment]  # max |onnx - torch| over all logits
+    min_top1_agreement: float = FP32.min_top1_agreement  # fraction of inputs whose arg-max must agree
     parity_samples: int = 256
 
-
-@dataclass(frozen=True)
-class ParityReport:
-    max_abs_err: float
-    mean_abs_err: float
-    top1_agreement: float
-    samples: int
-    atol: float
-    min_top1_agreement: float
-    passed: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class ParityError(MetaedgeError):
-    """The exported artifact disagrees with the model it came from."""
+    @property
+    def tolerance(self) -> Tolerance:
+        return Tolerance("fp32", atol=self.atol, min_top1_agreement=self.min_top1_agreement)
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str, config: ExportConfig = ExportConfig()) -> Path:
@@ -93,17 +80,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str,
     return path
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float]:
-    """(max abs error, mean abs error, top-1 agreement) of two logit batches."""
-    if reference.shape != candidate.shape:
-        raise ParityError(f"output shapes differ: reference {reference.shape}, artifact {candidate.shape}", "re-export the model")
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    agree = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
-    return float(diff.max()), float(diff.mean()), agree
-
-
 def check_parity(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, config: ExportConfig = ExportConfig(), raise_on_fail: bool = True) -> ParityReport:
-    """Run ONNX Runtime and PyTorch on ``inputs`` (real validation images) and compare logits."""
+    """Run ONNX Runtime and PyTorch on ``inputs`` (real validation images) and compare logits
+    under the fp32 rule of :mod:`metaedge.parity`."""
     from metaedge.deploy.backends.onnxruntime import OrtRunner
 
     x = inputs[: config.parity_samples].contiguous()
@@ -111,12 +90,8 @@ def check_parity(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, 
         ref = model.eval()(x).numpy()
     runner = OrtRunner(onnx_path, threads=1)
     out = np.concatenate([runner.run(x[i : i + 64].numpy()) for i in range(0, len(x), 64)])
-    max_err, mean_err, agree = compare_logits(ref, out)
-    passed = max_err <= config.atol and agree >= config.min_top1_agreement
-    report = ParityReport(max_err, mean_err, agree, len(x), config.atol, config.min_top1_agreement, passed)
-    if raise_on_fail and not passed:
-        raise ParityError(
-            f"parity gate failed for {onnx_path}: max abs error {max_err:.3g} (tolerance {config.atol:g}), top-1 agreement {agree:.4f} (need {config.min_top1_agreement:g})",
-            "the ONNX file does not compute what the PyTorch model does; run with --debug, or loosen --parity-atol only if you accept the drift",
-        )
+    report = compare(ref, out, config.tolerance)
+    if raise_on_fail:
+        report.require(str(onnx_path), "the ONNX file does not compute what the PyTorch model does; run with --debug, "
+                                       "or loosen --parity-atol only if you accept the drift")
     return report

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import platform
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
+
+import tomllib
 
 from metaedge.errors import MetaedgeError
 
@@ -24,6 +25,7 @@ __all__ = [
     "FAMILIES",
     "MEASUREMENTS",
     "Target",
+    "builtin_targets",
     "get_target",
     "list_targets",
     "load_targets_toml",
@@ -205,6 +207,11 @@ def _load_env_file() -> None:
     if path and path not in _ENV_LOADED:
         load_targets_toml(path)
         _ENV_LOADED.add(path)
+
+
+def builtin_targets() -> tuple[Target, ...]:
+    """The targets metaedge ships with, in their fixed order (user overrides not applied)."""
+    return _BUILTINS
 
 
 def list_targets() -> list[Target]:

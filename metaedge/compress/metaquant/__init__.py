@@ -3,7 +3,7 @@
 Entry point for the pipeline: :func:`quantize_model` turns a trained fp32 model into a fake-quant
 model (BN live during QAT and folded at export, k-bit per-channel weights with first, last and
 depthwise layers at 8 bits by default, 8-bit activations) trained with MetaQuant, STE or LSQ, with
-optional distillation from the fp32 model; :func:`metaedge.deploy.qdq.export_qdq` writes it as QDQ
+optional distillation from the fp32 model; :func:`metaedge.compress.metaquant.export.export_qdq` writes it as QDQ
 ONNX in the ``ort`` or ``tensorrt`` profile it was prepared for. ``parse_quant_spec("w4a8")`` reads
 the CLI's spec; :data:`PRESETS` holds the demo and full settings.
 """
@@ -21,10 +21,10 @@ import torch.nn as nn
 from metaedge.compress.engine import TrainConfig
 from metaedge.compress.metaquant.meta import META_VARIANTS, MetaNet, make_meta_net
 from metaedge.compress.metaquant.policy import BitPolicy, parse_bit_policy
-from metaedge.compress.metaquant.profiles import PROFILES, QdqProfile, get_profile
 from metaedge.compress.metaquant.qat import METHODS, OPTIMIZERS, QATConfig
 from metaedge.compress.metaquant.quantizers import WEIGHT_QUANTIZERS, ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
+from metaedge.qdq.profiles import PROFILES, QdqProfile, get_profile
 
 __all__ = [
     "ActFakeQuant",
@@ -137,7 +137,7 @@ PRESETS: dict[str, QuantConfig] = {
 
 @dataclass
 class QuantResult:
-    model: nn.Module  # the fake-quant GraphModule; pass it to metaedge.deploy.qdq.export_qdq
+    model: nn.Module  # the fake-quant GraphModule; pass it to metaedge.compress.metaquant.export.export_qdq
     val_accuracy: float
     test_accuracy: float
     seconds: float

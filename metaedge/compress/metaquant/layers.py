@@ -10,7 +10,7 @@ quantizer; the eval forward computes ``q_f * s_f`` and the folded bias, which is
 holds, so export reproduces the eval model up to float rounding.
 
 Bias: the folded bias sits on the int32 grid ``s_x * s_f`` (what QLinearConv adds; the tensorrt
-profile writes the same values as floats), see :mod:`.profiles` for why both profiles round it.
+profile writes the same values as floats), see :mod:`metaedge.qdq.profiles` for why both profiles round it.
 """
 from __future__ import annotations
 

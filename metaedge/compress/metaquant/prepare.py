@@ -26,9 +26,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaedge.compress.metaquant.layers import QConv2d, QLinear, QuantLayer
 from metaedge.compress.metaquant.policy import BitPolicy, LayerRole, parse_bit_policy
-from metaedge.compress.metaquant.profiles import get_profile
 from metaedge.compress.metaquant.quantizers import ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
+from metaedge.qdq.profiles import get_profile
 
 __all__ = [
     "act_quantizers",
@@ -131,7 +131,7 @@ def prepare_qat(
 
     ``policy``: per-layer bits (default: first, last and depthwise layers at 8, see
     :mod:`~metaedge.compress.metaquant.policy`). ``profile``: ``ort`` or ``tensorrt`` (activation
-    zero points; ``ort`` gives 8-bit layers a 7-bit grid; see :mod:`~metaedge.compress.metaquant.profiles`). ``quantize_output``: also quantize the logits, so the
+    zero points; ``ort`` gives 8-bit layers a 7-bit grid; see :mod:`~metaedge.qdq.profiles`). ``quantize_output``: also quantize the logits, so the
     last Gemm fuses to QGemm in ORT. The model is not modified.
     """
     prof = get_profile(profile)

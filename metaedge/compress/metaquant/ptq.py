@@ -2,15 +2,15 @@
 
 QDQ format, 8-bit per-channel weights, calibrated with MinMax on the same training batches the QAT
 path calibrates with, in one of the two export profiles (see
-:mod:`metaedge.compress.metaquant.profiles`):
+:mod:`metaedge.qdq.profiles`):
 
 * ``ort``: uint8 activations with zero points; symmetric int8 weights on a 7-bit grid
   (``reduce_range``): a full 8-bit grid can saturate ORT's x86 u8s8 kernels (the same rule as
-  the QAT export, see :mod:`metaedge.compress.metaquant.profiles`).
+  the QAT export, see :mod:`metaedge.qdq.profiles`).
 * ``tensorrt``: symmetric int8 activations and weights (zero point 0), float weights kept behind
   QuantizeLinear -> DequantizeLinear (``AddQDQPairToWeight``), float biases (``QuantizeBias``
   off), one Q/DQ pair per consumer (``DedicatedQDQPair``) -- ORT's documented TensorRT settings.
-  The caller checks the result with :mod:`metaedge.deploy.trt_qdq_rules`.
+  The caller checks the result with :mod:`metaedge.qdq.tensorrt_rules`.
 
 The fp32 model is pre-processed first (``quant_pre_process``: shape inference + ORT graph
 optimisation, which folds BN), as ORT recommends.
@@ -74,7 +74,7 @@ def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[
 
     import onnx
 
-    from metaedge.compress.metaquant.profiles import get_profile
+    from metaedge.qdq.profiles import get_profile
 
     act_type, weight_type, reduce_range, extra = _options(get_profile(profile).name, symmetric_activations)
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)

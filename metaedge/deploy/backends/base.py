@@ -1,7 +1,7 @@
 """One small interface for every inference backend: compile, load, run, time.
 
 A backend turns an exported ONNX file into an artifact for a target (``compile``), opens that
-artifact (``load``) and gives a :class:`Runner` whose ``run`` maps one numpy batch to logits.
+artifact (``load``) and gives a :class:`LoadedArtifact` whose ``run`` maps one numpy batch to logits.
 Timing defaults to wall-clock around ``run``; backends with a better timer (TVM's
 ``time_evaluator``) override :meth:`Backend.time`.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from metaedge.errors import MetaedgeError
 from metaedge.latency import LatencyStats, TimingConfig, time_callable
 
-__all__ = ["Backend", "CompiledModel", "Runner", "get_backend", "list_backends", "register_backend"]
+__all__ = ["Backend", "CompiledModel", "LoadedArtifact", "get_backend", "list_backends", "register_backend"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,9 @@ class CompiledModel:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Runner(Protocol):
+class LoadedArtifact(Protocol):
+    """A compiled artifact opened for inference (not a measurement Runner: see deploy/measure/)."""
+
     def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
@@ -47,9 +49,9 @@ class Backend(ABC):
     def compile(self, onnx_path: Path, target: Any, out_dir: Path) -> CompiledModel: ...
 
     @abstractmethod
-    def load(self, compiled: CompiledModel, threads: int = 1) -> Runner: ...
+    def load(self, compiled: CompiledModel, threads: int = 1) -> LoadedArtifact: ...
 
-    def time(self, runner: Runner, x: np.ndarray, config: TimingConfig = TimingConfig()) -> LatencyStats:
+    def time(self, runner: LoadedArtifact, x: np.ndarray, config: TimingConfig = TimingConfig()) -> LatencyStats:
         return time_callable(lambda: runner.run(x), config)
 
 

@@ -23,19 +23,12 @@ import numpy as np
 from metaedge.artifacts import atomic_write_json, atomic_write_text
 from metaedge.deploy.backends.base import Backend, CompiledModel, register_backend
 from metaedge.errors import MetaedgeError
+from metaedge.onnx_graph import is_qdq, onnx_input_spec
 
-__all__ = ["TensorRTBackend", "build_engine", "is_qdq", "trtexec_command"]
+__all__ = ["TensorRTBackend", "build_engine", "trtexec_command"]
 
 ENGINE_NAME = "model.engine"
 CACHE_NAME = "timing.cache"
-
-
-def is_qdq(onnx_path: Path | str) -> bool:
-    """True for explicitly quantized ONNX (QuantizeLinear/DequantizeLinear nodes)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def build_engine(onnx_path, engine_path, timing_cache_path, input_name, input_shape, fp16=True, int8=False,
@@ -125,7 +118,7 @@ def trtexec_command(onnx_name: str, input_name: str, input_shape: tuple[int, ...
 class TensorRTBackend(Backend):
     name = "tensorrt"
     # QDQ export profile a quantized model needs here (symmetric int8, float weights behind Q/DQ):
-    # see metaedge.deploy.qdq.choose_qdq_profile and metaedge.deploy.trt_qdq_rules.
+    # see metaedge.deploy.qdq.choose_qdq_profile and metaedge.qdq.tensorrt_rules.
     qdq_profile = "tensorrt"
 
     def __init__(self, fp16: bool = True, max_batch: int = 1) -> None:
@@ -151,8 +144,6 @@ class TensorRTBackend(Backend):
         return None
 
     def compile(self, onnx_path: Path, target: Any, out_dir: Path) -> CompiledModel:
-        from metaedge.deploy.backends.tvm import onnx_input_spec
-
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tname = getattr(target, "name", str(target))

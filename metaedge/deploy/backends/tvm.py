@@ -31,6 +31,7 @@ from metaedge.artifacts import atomic_path, atomic_write_json, file_sha256
 from metaedge.deploy.backends.base import Backend, CompiledModel, register_backend
 from metaedge.errors import MetaedgeError
 from metaedge.latency import LatencyStats, TimingConfig, summarize
+from metaedge.onnx_graph import onnx_input_spec
 
 __all__ = [
     "QOPERATOR_OPS",
@@ -45,7 +46,7 @@ __all__ = [
     "tuning_dir_for",
     "with_num_cores",
     "gpu_pipeline",
-    "onnx_input_spec",
+    "first_output",
     "time_vm",
     "tune_module",
 ]
@@ -80,20 +81,6 @@ class TvmOptions:
 def tuning_dir_for(target_name: str, cache_dir: Path | str = ".metaedge-cache") -> Path:
     """The per-target tuning database under the cache (records keyed by workload inside)."""
     return Path(cache_dir) / "tvm-tuning" / target_name
-
-
-def onnx_input_spec(onnx_path: Path | str) -> tuple[str, tuple[int, ...], str]:
-    """(input name, static batch-1 shape, output name) of an ONNX model; symbolic dims become 1."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise MetaedgeError(f"{onnx_path} has {len(inputs)} graph inputs", "export a model with one image input named `input`")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
-    return inputs[0].name, shape, model.graph.output[0].name
 
 
 def build_relax_module(onnx_path: Path | str, input_name: str, shape: tuple[int, ...]):
@@ -195,8 +182,8 @@ def default_rules(tvm_target) -> list:
 
 def schedule_module(mod, tvm_target, database_dir: Path | None = None):
     """Tuned schedules from the database where it has them, the default rules elsewhere."""
-    from tvm.s_tir import dlight as dl
     from tvm import relax
+    from tvm.s_tir import dlight as dl
 
     with tvm_target:
         if database_dir is not None and (Path(database_dir) / "database_tuning_record.json").is_file():
@@ -230,15 +217,6 @@ def compile_module(mod, tvm_target, database_dir: Path | None = None):
 
 
 # --- MetaSchedule ------------------------------------------------------------------------------
-def _parse_tracker(device: str) -> tuple[str, int, str]:
-    from metaedge.targets.measure.rpc import parse_device
-
-    spec = parse_device(device)
-    if spec.key is None:
-        raise MetaedgeError(f"tuning device {device!r} has no key", "write it as tracker-host:port/key")
-    return spec.host, spec.port, spec.key
-
-
 def with_num_cores(tvm_target, cores: int | None):
     """MetaSchedule's CPU rules need ``num-cores``; it is also how many threads its schedules
     parallelise over, so local tuning uses the timing's thread count (one, by default)."""
@@ -260,8 +238,7 @@ def tune_module(mod, tvm_target, work_dir: Path, trials: int, *, device: str | N
     tvm_target = with_num_cores(tvm_target, None if device else threads)
     prepared = prepare_module(mod, tvm_target)
     return tune_tasks_in_database(prepared, tvm_target, Path(work_dir), trials, rules=default_rules(tvm_target),
-                                  device=device, build_timeout_s=build_timeout_s, report=report,
-                                  parse_tracker=_parse_tracker)
+                                  device=device, build_timeout_s=build_timeout_s, report=report)
 
 
 # --- running and timing --------------------------------------------------------------------------
@@ -275,7 +252,7 @@ def time_vm(vm, dev, x_tvm, config: TimingConfig, func: str = "main") -> Latency
     return summarize([float(r) * 1e3 for r in res.results])
 
 
-def _first_output(out) -> np.ndarray:
+def first_output(out) -> np.ndarray:
     while not hasattr(out, "numpy"):  # tuple outputs: the first one is the logits
         out = out[0]
     return out.numpy()
@@ -304,7 +281,7 @@ class TvmRunner:
         return tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return _first_output(self.vm["main"](self._tensor(x)))
+        return first_output(self.vm["main"](self._tensor(x)))
 
 
 @register_backend
@@ -323,9 +300,9 @@ class TvmBackend(Backend):
         return None
 
     def compile(self, onnx_path: Path, target: Any, out_dir: Path) -> CompiledModel:
-        from metaedge.targets.registry import get_target
-
         import tvm
+
+        from metaedge.targets.registry import get_target
 
         target = get_target(target)
         linker = None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from metaedge.errors import MetaedgeError
+from metaedge.targets.rpc import parse_device
 
 __all__ = ["TuneProgress", "TuneResult", "count_records", "extract_tasks", "import_tensor_intrinsics", "tune_tasks_in_database"]
 
@@ -155,8 +156,8 @@ def _seed_defaults(tasks, tvm_target, database, builder, runner, rules) -> int:
 
 
 def _progress_callback(budget: int, report: Callable[[TuneProgress], None], tasks, database):
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
     class _Progress(PyMeasureCallback):
@@ -173,8 +174,7 @@ def _progress_callback(budget: int, report: Callable[[TuneProgress], None], task
 
 def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules: list, device: str | None = None,
                            build_timeout_s: float = 180.0, runner_timeout_s: float = 60.0,
-                           report: Callable[[TuneProgress], None] | None = None,
-                           parse_tracker: Callable[[str], tuple[str, int, str]] | None = None) -> TuneResult:
+                           report: Callable[[TuneProgress], None] | None = None) -> TuneResult:
     """Tune the fused module ``mod`` (legalized, layout-converted) into the database at ``db_dir``
     until it holds ``trials`` measurements for this model's tasks."""
     from tvm.s_tir import meta_schedule as ms
@@ -197,11 +197,11 @@ def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules:
     f_export = _export_aarch64 if cross.startswith("aarch64") else None
     builder = ms.builder.LocalBuilder(f_build=_fast_build, f_export=f_export, timeout_sec=build_timeout_s)
     if device:
-        if parse_tracker is None:
-            raise MetaedgeError("tuning on a device needs a tracker address", "pass --device tracker-host:port/key")
-        host, port, key = parse_tracker(device)
-        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
-                                                         session_timeout_sec=600))
+        spec = parse_device(device)
+        if spec.key is None:  # MetaSchedule's RPC runner asks a tracker for servers
+            raise MetaedgeError(f"tuning device {device!r} has no key", "write it as tracker-host:port/key")
+        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=spec.host, tracker_port=spec.port,
+                                                         tracker_key=spec.key, session_timeout_sec=600))
     else:
         runner = ms.runner.LocalRunner(timeout_sec=runner_timeout_s)
     interrupted = False

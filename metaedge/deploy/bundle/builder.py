@@ -7,7 +7,6 @@ and bundle.json (the same facts, machine-readable). Never training data, state d
 from __future__ import annotations
 
 import json
-
 import os
 import platform as host_platform
 import re
@@ -25,8 +24,10 @@ from metaedge.errors import MetaedgeError
 __all__ = ["Bundle", "BundleConfig", "build_bundle", "docker_reachable", "write_bundle"]
 
 PORT = 8080
-# Runner source copied into every bundle; all torch-free (tests/test_runtime_runner.py checks).
-_RUNTIME_MODULES = ("errors.py", "latency.py", "artifacts.py")
+# The layer-0 modules copied beside deploy/runtime/ into every bundle; all torch-free
+# (tests/test_runtime_runner.py runs them without torch, tests/test_architecture.py keeps the
+# runtime from importing anything else).
+RUNTIME_MODULES = ("errors.py", "latency.py", "artifacts.py")
 _PKG_MARKER = '"""metaedge device runtime (bundle copy)."""\n'
 
 
@@ -94,7 +95,14 @@ def _apply_pins(reqs: list[str], pins: tuple[str, ...]) -> list[str]:
 def _pick_model(root: Path, manifest: dict[str, Any], target: BundleTarget, backend: str) -> Path:
     if backend == "tvm":
         compiled = (manifest.get("compiled") or {}).get(target.name) or {}
-        rel = (compiled.get("tvm") or {}).get("path") if isinstance(compiled.get("tvm"), dict) else None
+        rec = compiled.get("tvm") if isinstance(compiled.get("tvm"), dict) else {}
+        if rec.get("parity_pass") is False:  # the compile stage's verdict under metaedge.parity's rule
+            parity = rec.get("parity") or {}
+            raise MetaedgeError(f"the TVM library for {target.name} failed the parity check at compile "
+                                f"(max abs error {parity.get('max_abs_err', float('nan')):.3g}, "
+                                f"top-1 agreement {parity.get('top1_agreement', float('nan')):.2f})",
+                                "recompile it (metaedge compile), or deploy with --backend onnxruntime")
+        rel = rec.get("path")
         for cand in filter(None, [rel, f"compiled/{target.name}/tvm/model.so"]):
             path = root / cand
             if path.is_file():
@@ -145,7 +153,7 @@ def _copy_runtime(dest: Path) -> list[Path]:
     for marker in (pkg_dest / "__init__.py", pkg_dest / "deploy" / "__init__.py"):
         marker.write_text(_PKG_MARKER)  # plain markers: the real package __init__s may import more
         written.append(marker)
-    for name in _RUNTIME_MODULES:
+    for name in RUNTIME_MODULES:
         written.append(Path(shutil.copy2(pkg / name, pkg_dest / name)))
     for src in sorted(Path(rt.__file__).parent.glob("*.py")):
         written.append(Path(shutil.copy2(src, pkg_dest / "deploy" / "runtime" / src.name)))

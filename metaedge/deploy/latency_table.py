@@ -1,8 +1,10 @@
 """Per-layer latency tables measured on a target: the latency budget for the pruning search.
 
-Each unique conv / linear / pool shape (a ``LayerSpec`` from ``metaedge.compress.cost``, compared
-without its name) becomes a one-layer ONNX model, is compiled for the target and timed -- here, or
-on the device through TVM RPC -- and the p50 is cached on disk. ``LatencyTable.predict(specs)`` sums
+Each unique conv / linear / pool shape (any object with a ``LayerSpec``'s fields -- ``kind``,
+channels, kernel, stride, groups, in/out size -- such as ``metaedge.compress.cost.LayerSpec``,
+compared without its name) becomes a one-layer ONNX model, is compiled for the target and timed by
+the runner :func:`~metaedge.deploy.measure.select.runner_for` picks -- here, or on the device through
+TVM RPC -- and the p50 is cached on disk. ``LatencyTable.predict(specs)`` sums
 the entries; shapes never measured (a pruned channel count the search invents) are estimated from
 a per-kind linear fit ``ms = a + b * MACs`` over the measured ones, so a search can call it
 thousands of times without touching the device.
@@ -10,18 +12,30 @@ thousands of times without touching the device.
 BatchNorm and activations cost nothing in the table: BN folds into the preceding conv and
 element-wise activations fuse into it in every compiled backend, so each conv is measured with a
 ReLU attached.
+
+The table reaches the pruning search only as the ``latency_fn(specs) -> ms`` callable
+:func:`make_latency_fn` returns; the pipeline hands it to ``compress/`` as the budget function, so
+neither side imports the other.
 """
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from metaedge.artifacts import atomic_write_json
+from metaedge.deploy.backends.base import get_backend
+from metaedge.deploy.measure.base import MeasureInput
+from metaedge.deploy.measure.cache import LatencyCache, cache_key
+from metaedge.deploy.measure.select import runner_for
 from metaedge.latency import TimingConfig
+from metaedge.onnx_graph import INPUT_NAME, OUTPUT_NAME
+from metaedge.targets.registry import Target, get_target
 
 __all__ = ["LatencyTable", "layer_onnx", "make_latency_fn", "measure_layers", "spec_key"]
 
@@ -64,7 +78,7 @@ def _macs(spec: Any) -> float:
 
 
 def layer_onnx(spec: Any, path: Path | str) -> tuple[int, ...]:
-    """Write a one-layer ONNX model for ``spec`` (input ``input``, output ``logits``); returns the
+    """Write a one-layer ONNX model for ``spec`` (metaedge's input and output names); returns the
     input shape. Weights are seeded random: latency does not depend on their values."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -82,31 +96,31 @@ def layer_onnx(spec: Any, path: Path | str) -> tuple[int, ...]:
         inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin // g, kh, kw), dtype=np.float32) * 0.1, "w"))
         # Always with a bias: a following BatchNorm folds into one at export.
         inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
-        inputs = ["input", "w", "b"]
+        inputs = [INPUT_NAME, "w", "b"]
         nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[kh, kw], strides=[sh, sw],
                                       pads=[ph, pw, ph, pw], group=g))
-        nodes.append(helper.make_node("Relu", ["y"], ["logits"]))
+        nodes.append(helper.make_node("Relu", ["y"], [OUTPUT_NAME]))
         out_shape = [1, cout, oh, ow]
     elif kind == "linear":
         cin, cout = spec.in_channels, spec.out_channels
         in_shape = (1, cin)
         inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin), dtype=np.float32) * 0.1, "w"))
         inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
-        nodes.append(helper.make_node("Gemm", ["input", "w", "b"], ["logits"], transB=1))
+        nodes.append(helper.make_node("Gemm", [INPUT_NAME, "w", "b"], [OUTPUT_NAME], transB=1))
         out_shape = [1, cout]
     elif kind == "pool":
         c, (ih, iw), (oh, ow) = spec.in_channels, spec.in_hw, spec.out_hw
         in_shape = (1, c, ih, iw)
         if (oh, ow) == (1, 1):
-            nodes.append(helper.make_node("GlobalAveragePool", ["input"], ["logits"]))
+            nodes.append(helper.make_node("GlobalAveragePool", [INPUT_NAME], [OUTPUT_NAME]))
         else:
             kh, kw = max(1, ih // oh), max(1, iw // ow)
-            nodes.append(helper.make_node("MaxPool", ["input"], ["logits"], kernel_shape=[kh, kw], strides=[kh, kw]))
+            nodes.append(helper.make_node("MaxPool", [INPUT_NAME], [OUTPUT_NAME], kernel_shape=[kh, kw], strides=[kh, kw]))
         out_shape = [1, c, oh, ow]
     else:
         raise ValueError(f"no latency model for layer kind {kind!r}")
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(in_shape))],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], inits)
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -190,8 +204,6 @@ class LatencyTable:
                 "entries": {k: {"ms": v, "kind": self.kinds[k], "macs": self.macs[k]} for k, v in self.entries.items()}}
 
     def save(self, path: Path | str) -> None:
-        from metaedge.artifacts import atomic_write_json
-
         atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -204,7 +216,7 @@ class LatencyTable:
         return t
 
 
-def measure_layers(specs: Sequence[Any], target: Any, *, device: str | None = None, backend: str = "tvm",
+def measure_layers(specs: Sequence[Any], target: str | Target, *, device: str | None = None, backend: str = "tvm",
                    timing: TimingConfig = TimingConfig(warmup=5, repeats=20), cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
                    table: LatencyTable | None = None, work_dir: Path | str | None = None) -> LatencyTable:
     """Measure every unique measurable shape in ``specs`` not yet in the table or the disk cache.
@@ -212,10 +224,6 @@ def measure_layers(specs: Sequence[Any], target: Any, *, device: str | None = No
     ``backend="tvm"`` compiles each layer for the target (and times it remotely when ``device`` is
     given: several devices behind the tracker work in parallel); ``"onnxruntime"`` times layers
     locally with ONNX Runtime (only for targets that run here)."""
-    from metaedge.errors import MetaedgeError
-    from metaedge.targets.measure.cache import LatencyCache
-    from metaedge.targets.registry import get_target
-
     target = get_target(target)
     table = table or LatencyTable(target.name, backend, device)
     cache = LatencyCache(cache_path) if cache_path is not None else None
@@ -229,75 +237,41 @@ def measure_layers(specs: Sequence[Any], target: Any, *, device: str | None = No
             todo.append(spec)
     if not todo:
         return table
-    if device is None and not target.runs_here():
-        raise MetaedgeError(f"target {target.name} does not run on this machine, so its layers cannot be timed here",
-                            "pass a device (tracker-host:port/key) to measure on the target")
-    if device is not None and backend != "tvm":
-        raise MetaedgeError(f"per-layer tables over RPC need backend tvm, not {backend}", "use backend='tvm'")
+    runner = runner_for(target, backend, device, timing)  # before any compile: says where layers can be timed
     tmp_ctx = tempfile.TemporaryDirectory(prefix="metaedge-layers-") if work_dir is None else None
     root = Path(work_dir or tmp_ctx.name)  # type: ignore[union-attr]
     try:
-        results = _measure_specs(todo, target, root, device, backend, timing)
+        be = get_backend(backend)
+        jobs = []
+        for i, spec in enumerate(todo):
+            d = root / f"layer{i:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            layer_onnx(spec, d / "layer.onnx")
+            jobs.append(MeasureInput(be.compile(d / "layer.onnx", target, d / backend), tag=spec_key(spec)))
+        results = runner.run(jobs)
     finally:
         if tmp_ctx is not None:
             tmp_ctx.cleanup()
-    import time as _time
-
-    from metaedge.targets.measure.cache import cache_key
-
     bulk = {}
-    for spec, lat in zip(todo, results):
-        table.add(spec, lat.p50_ms)
-        bulk[cache_key(spec_key(spec), target.name, backend, variant)] = {"latency": lat.to_dict(), "measured_at": _time.time()}
+    for spec, res in zip(todo, results):
+        table.add(spec, res.latency.p50_ms)
+        bulk[cache_key(spec_key(spec), target.name, backend, variant)] = {"latency": res.latency.to_dict(), "measured_at": time.time()}
     if cache is not None:
         cache.put_many(bulk)
     return table
 
 
-def _measure_specs(specs: Sequence[Any], target: Any, root: Path, device: str | None, backend: str,
-                   timing: TimingConfig) -> list:
-    from metaedge.deploy.backends.base import get_backend
-
-    be = get_backend(backend)
-    compiled = []
-    for i, spec in enumerate(specs):
-        d = root / f"layer{i:04d}"
-        d.mkdir(parents=True, exist_ok=True)
-        shape = layer_onnx(spec, d / "layer.onnx")
-        compiled.append((be.compile(d / "layer.onnx", target, d / backend), shape))
-    if device is not None:
-        from metaedge.targets.measure.rpc import MeasureJob, measure_many
-
-        jobs = [MeasureJob(c.path, tuple(shape), tag=str(i), device_kind=c.extra.get("device", "cpu"))
-                for i, (c, shape) in enumerate(compiled)]
-        return [r.latency for r in measure_many(jobs, device, timing)]
-    out = []
-    rng = np.random.default_rng(0)
-    for c, shape in compiled:
-        runner = be.load(c, threads=timing.threads)
-        out.append(be.time(runner, rng.standard_normal(shape, dtype=np.float32), timing))
-    return out
-
-
-def make_latency_fn(target: Any, device: str | None = None, *, model: Any = None, input_shape: Sequence[int] | None = None,
-                    specs: Sequence[Any] | None = None, backend: str = "tvm", timing: TimingConfig = TimingConfig(warmup=5, repeats=20),
-                    cache_path: Path | str | None = DEFAULT_TABLE_CACHE, width_multipliers: Sequence[float] = (1.0,),
-                    measure_unseen: bool = False) -> Callable[[Sequence[Any]], float]:
+def make_latency_fn(target: str | Target, device: str | None = None, *, specs: Sequence[Any] = (), backend: str = "tvm",
+                    timing: TimingConfig = TimingConfig(warmup=5, repeats=20), cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
+                    width_multipliers: Sequence[float] = (1.0,), measure_unseen: bool = False) -> Callable[[Sequence[Any]], float]:
     """A ``latency_fn(specs) -> ms`` for the pruning search, backed by a table measured on ``target``.
 
-    The table is seeded with the layers of ``model`` (via ``layer_specs(model, input_shape)``) or with
-    ``specs``, each also at the given ``width_multipliers`` of its channel counts (so the fit covers the
-    pruned widths the search will try). Unseen shapes are estimated by the fit, or measured on first
-    use when ``measure_unseen`` is set (slow: one compile per new shape). The returned function
-    carries the table as ``latency_fn.table``."""
-    seed: list[Any] = list(specs or [])
-    if model is not None:
-        from metaedge.compress.cost import layer_specs
-
-        if input_shape is None:
-            raise ValueError("make_latency_fn(model=...) needs input_shape")
-        seed += layer_specs(model, input_shape)
-    seed = _with_widths(seed, width_multipliers)
+    The table is seeded with ``specs`` (the unpruned network's layers: the pipeline passes
+    ``compress.cost.layer_specs(model, input_shape)``), each also at the given ``width_multipliers``
+    of its channel counts (so the fit covers the pruned widths the search will try). Unseen shapes
+    are estimated by the fit, or measured on first use when ``measure_unseen`` is set (slow: one
+    compile per new shape). The returned function carries the table as ``latency_fn.table``."""
+    seed = _with_widths(list(specs), width_multipliers)
     table = measure_layers(seed, target, device=device, backend=backend, timing=timing, cache_path=cache_path) if seed \
         else LatencyTable(getattr(target, "name", str(target)), backend, device)
 

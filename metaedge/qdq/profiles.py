@@ -13,7 +13,7 @@
   only), float weights through QuantizeLinear -> DequantizeLinear per channel on axis 0, float
   biases (TensorRT quantizes neither biases nor a DequantizeLinear on a stored int8 tensor in
   several versions: onnx/onnx-tensorrt#850, microsoft/onnxruntime#14229), one Q/DQ pair per
-  consumer. Checked by :mod:`metaedge.deploy.trt_qdq_rules`.
+  consumer. Checked by :mod:`metaedge.qdq.tensorrt_rules`.
 
 The profile changes QAT (activation zero points, the 8-bit weight grid), so it is chosen before
 training and stored on the prepared model; the exporter refuses a tensorrt export of a model with uint8 activations. In

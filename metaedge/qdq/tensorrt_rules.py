@@ -266,5 +266,5 @@ def require_tensorrt_qdq(model_or_path, where: str = "the QDQ model") -> TrtQdqR
     if not report.passed:
         first = "; ".join(str(v) for v in report.violations[:3])
         more = f" (+{len(report.violations) - 3} more)" if len(report.violations) > 3 else ""
-        raise MetaedgeError(f"{where} breaks TensorRT's Q/DQ placement rules: {first}{more}", "export with the tensorrt profile (--quant-profile tensorrt); see metaedge/deploy/trt_qdq_rules.py for the rules")
+        raise MetaedgeError(f"{where} breaks TensorRT's Q/DQ placement rules: {first}{more}", "export with the tensorrt profile (--quant-profile tensorrt); see metaedge/qdq/tensorrt_rules.py for the rules")
     return report
