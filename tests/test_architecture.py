@@ -2,8 +2,8 @@
 layers import one way, no cycles among module-level imports, no private names across packages,
 and docs/ARCHITECTURE.md names every package and top-level module (so the map cannot drift).
 
-Violations left in files other helpers are rewriting are listed in KNOWN: the test fails when a
-new one appears and when a listed one is fixed (delete it from the list then)."""
+Any violation accepted for a while goes into KNOWN: the test fails when a new one appears and when
+a listed one is fixed (delete it from the list then)."""
 from __future__ import annotations
 
 import ast
@@ -34,6 +34,7 @@ GROUPS = {
     "metaedge.report": "report",
     "metaedge.config": "pipeline",
     "metaedge.pipeline": "pipeline",
+    "metaedge.manifest": "pipeline",
     "metaedge.cli": "cli",
 }
 ALLOWED = {
@@ -55,13 +56,8 @@ def _runtime_extra() -> set[str]:
     return {f"metaedge.{name.removesuffix('.py')}" for name in RUNTIME_MODULES}
 
 
-# Violations in files this change does not own (pipeline.py, cli/, compress/ are being rewritten
-# by other helpers). Each entry: (importer, imported, rule). This set must only shrink.
-KNOWN: set[tuple[str, str, str]] = {
-    # VIB's loop borrows the fit loop's private cosine schedule; the shared training engine
-    # (issue 13 part 2, helper "engine") gives every loop one public schedule.
-    ("metaedge.compress.vib.train", "metaedge.compress.train", "private name from another package: _lr_at"),
-}
+# Violations allowed for now, each (importer, imported, rule): none left. This set must only shrink.
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -206,8 +202,8 @@ def _cycles() -> list[list[str]]:
 
 
 def test_the_parser_sees_imports_inside_functions():
-    lazy = [e for e in EDGES if e.src == "metaedge" and e.dst == "metaedge.pipeline"]
-    assert lazy and not lazy[0].top_level  # the root's PEP 562 import of run_pipeline
+    lazy = [e for e in EDGES if e.src == "metaedge.pipeline" and e.dst == "metaedge.deploy.latency_table"]
+    assert lazy and not lazy[0].top_level  # imported inside _latency_budget, only when a latency budget is asked for
     assert group_of("metaedge.deploy.runtime.server") == "runtime" and group_of("metaedge.deploy.compile") == "deploy"
     assert group_of("metaedge.qdq.profiles") == "core" and group_of("metaedge") == "api"
 
