@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from metaedge.compress.train import TrainConfig
-from metaedge.data import DataConfig
-from metaedge.deploy.export import ExportConfig
+from metaedge.compress.train_config import TrainConfig
+from metaedge.data.config import DataConfig
+from metaedge.deploy.export_config import ExportConfig
 from metaedge.errors import MetaedgeError
 from metaedge.latency import TimingConfig, parse_latency_budget
 
@@ -106,7 +106,7 @@ class QuantSpec:
 
     @classmethod
     def parse(cls, text: str) -> QuantSpec:
-        from metaedge.compress.metaquant import parse_quant_spec
+        from metaedge.qdq.spec import parse_quant_spec
 
         return cls(*parse_quant_spec(str(text).strip().lower()))
 
@@ -193,7 +193,7 @@ class PipelineConfig:
             raise MetaedgeError(f"unknown quantizer {self.quantizer!r}", f"use --quantizer {', '.join(QUANTIZERS)}")
         if str(self.quant_profile).lower() not in ("auto", "ort", "tensorrt"):
             raise MetaedgeError(f"unknown QDQ profile {self.quant_profile!r}", "use --quant-profile auto, ort or tensorrt")
-        from metaedge.compress.metaquant.policy import parse_bit_policy
+        from metaedge.qdq.policy import parse_bit_policy
 
         parse_bit_policy(self.quant_layer_bits)
         if self.quant_kd is not None and not 0.0 <= float(self.quant_kd) <= 1.0:

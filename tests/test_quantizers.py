@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metaedge.compress.metaquant import QuantConfig, parse_quant_spec
-from metaedge.compress.metaquant.policy import BitPolicy, LayerRole, parse_bit_policy
+from metaedge.qdq.policy import BitPolicy, LayerRole, parse_bit_policy
 from metaedge.compress.metaquant.quantizers import ActFakeQuant, LSQQuantizer, make_weight_quantizer
 from metaedge.errors import MetaedgeError
 

@@ -159,12 +159,14 @@ def compiled_table(manifest: Manifest):
 
 def run(args: argparse.Namespace) -> int:
     from metaedge.config import PipelineConfig, load_config_file, merge_overrides
-    from metaedge.pipeline import run_pipeline
 
     cfg = PipelineConfig()
     if args.config:
         cfg = merge_overrides(cfg, load_config_file(args.config), where=args.config)
     cfg = merge_overrides(cfg, _overrides(args))
+    # only now: every setting above is checked without torch, whose import alone takes seconds here
+    from metaedge.pipeline import run_pipeline
+
     con = console()
     t0 = time.perf_counter()
     result = run_pipeline(cfg, log=lambda m: con.print(f"[dim]{m}[/dim]"), quiet=args.quiet)

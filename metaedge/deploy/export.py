@@ -13,7 +13,6 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +20,14 @@ import torch
 import torch.nn as nn
 
 from metaedge.artifacts import atomic_path
+from metaedge.deploy.export_config import ExportConfig
 from metaedge.errors import MetaedgeError
 from metaedge.onnx_graph import INPUT_NAME, OUTPUT_NAME
-from metaedge.parity import FP32, ParityReport, Tolerance, compare
+from metaedge.parity import ParityReport, compare
 
 __all__ = ["ExportConfig", "check_parity", "export_onnx"]
 
 _PROTOBUF_LIMIT = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    opset: int = 18
-    atol: float = FP32.atol  # type: ignore[assignment]  # max |onnx - torch| over all logits
-    min_top1_agreement: float = FP32.min_top1_agreement  # fraction of inputs whose arg-max must agree
-    parity_samples: int = 256
-
-    @property
-    def tolerance(self) -> Tolerance:
-        return Tolerance("fp32", atol=self.atol, min_top1_agreement=self.min_top1_agreement)
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str, config: ExportConfig = ExportConfig()) -> Path:

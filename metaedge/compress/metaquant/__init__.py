@@ -10,7 +10,6 @@ the CLI's spec; :data:`PRESETS` holds the demo and full settings.
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch.nn as nn
 
 from metaedge.compress.engine import TrainConfig
 from metaedge.compress.metaquant.meta import META_VARIANTS, MetaNet, make_meta_net
-from metaedge.compress.metaquant.policy import BitPolicy, parse_bit_policy
+from metaedge.qdq.policy import BitPolicy, parse_bit_policy
+from metaedge.qdq.spec import parse_quant_spec
 from metaedge.compress.metaquant.qat import METHODS, OPTIMIZERS, QATConfig
 from metaedge.compress.metaquant.quantizers import WEIGHT_QUANTIZERS, ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
@@ -110,22 +110,6 @@ class QuantConfig:
 def default_weight_quantizer(weight_bits: int) -> str:
     """symmetric for 2..8 bits (exports exactly to int8 QDQ), bwn for 1 bit."""
     return "bwn" if weight_bits == 1 else "symmetric"
-
-
-_SPEC = re.compile(r"^\s*w(\d+)\s*a(\d+)\s*$", re.IGNORECASE)
-
-
-def parse_quant_spec(spec: str) -> tuple[int, int]:
-    """``"w4a8" -> (4, 8)``. Weights 1, 2, 4 or 8 bits; activations 8 bits."""
-    m = _SPEC.match(str(spec))
-    if not m:
-        raise MetaedgeError(f"quantization spec {spec!r} is not of the form wKaM", "use e.g. --quant w8a8, w4a8, w2a8 or w1a8")
-    wbits, abits = int(m.group(1)), int(m.group(2))
-    if wbits not in (1, 2, 4, 8):
-        raise MetaedgeError(f"{wbits}-bit weights are not supported (spec {spec!r})", "use 1, 2, 4 or 8 weight bits")
-    if abits != 8:
-        raise MetaedgeError(f"{abits}-bit activations are not supported (spec {spec!r})", "use a8: integer runtimes take 8-bit activations")
-    return wbits, abits
 
 
 PRESETS: dict[str, QuantConfig] = {

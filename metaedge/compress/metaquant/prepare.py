@@ -3,7 +3,7 @@
 Works on any fx-traceable model (zoo models, pruned ones): every Conv2d/Linear becomes a
 :class:`~metaedge.compress.metaquant.layers.QuantLayer` that owns the BatchNorm directly following
 it (kept live during QAT, folded at eval/export), with its weight bits from the
-:class:`~metaedge.compress.metaquant.policy.BitPolicy`.
+:class:`~metaedge.qdq.policy.BitPolicy`.
 
 Quantization points (one :class:`ActFakeQuant` per tensor, shared by all its consumers): the input
 of every layer and its output -- after BN and a directly following ReLU/ReLU6/Hardtanh, as ONNX
@@ -25,7 +25,7 @@ from torch.fx.experimental.optimization import fuse as fx_fuse
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaedge.compress.metaquant.layers import QConv2d, QLinear, QuantLayer
-from metaedge.compress.metaquant.policy import BitPolicy, LayerRole, parse_bit_policy
+from metaedge.qdq.policy import BitPolicy, LayerRole, parse_bit_policy
 from metaedge.compress.metaquant.quantizers import ActFakeQuant, make_weight_quantizer
 from metaedge.errors import MetaedgeError
 from metaedge.qdq.profiles import get_profile
@@ -130,7 +130,7 @@ def prepare_qat(
     """Swap Conv2d/Linear (+ their BN) for quantized layers and insert activation fake-quant modules.
 
     ``policy``: per-layer bits (default: first, last and depthwise layers at 8, see
-    :mod:`~metaedge.compress.metaquant.policy`). ``profile``: ``ort`` or ``tensorrt`` (activation
+    :mod:`~metaedge.qdq.policy`). ``profile``: ``ort`` or ``tensorrt`` (activation
     zero points; ``ort`` gives 8-bit layers a 7-bit grid; see :mod:`~metaedge.qdq.profiles`). ``quantize_output``: also quantize the logits, so the
     last Gemm fuses to QGemm in ORT. The model is not modified.
     """
