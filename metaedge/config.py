@@ -37,6 +37,9 @@ class PipelineConfig:
     prune_latency: str | None = None  # latency budget on targets[0]: "2ms", "500us", or a fraction of the measured baseline ("0.6")
     pruner: str = "metapruning"  # channel pruner: "metapruning" | "vib" | "uniform" | "l1" | "none" (with lowrank only)
     lowrank: str = "off"  # "tucker": kxk convs by Tucker-2, linears by SVD, after the pruner, to the same MACs budget
+    # Every budget (same kind and syntax as prune_macs / prune_latency) one shared PruningNet trains for,
+    # so the points of a `metaedge sweep` reuse it; None: a PruningNet for this run's budget alone.
+    pruningnet_budgets: tuple[str, ...] | None = None
     quant: str | None = "w8a8"  # "w8a8", "w4a8", ...; None: no quantization
     quantizer: str = "metaquant"  # "metaquant" | "ste" | "lsq" | "ptq"
     quant_preset: str = "demo"
@@ -79,6 +82,8 @@ class PipelineConfig:
             raise MetaedgeError("--lowrank tucker takes a MACs budget, not --prune-latency", "pass --prune-macs (e.g. 0.5) with --lowrank tucker, or --lowrank off")
         if self.lowrank == "tucker" and not self.prune_enabled:
             raise MetaedgeError("--lowrank tucker needs a MACs budget", "pass --prune-macs, e.g. 0.5 or 20M")
+        if self.pruningnet_budgets is not None and (self.pruner != "metapruning" or self.lowrank != "off"):
+            raise MetaedgeError("a shared PruningNet (pruningnet_budgets) serves --pruner metapruning alone", "drop pruningnet_budgets, or use --pruner metapruning --lowrank off")
         if self.pruner == "none" and self.lowrank == "off" and (self.prune_enabled or self.latency_budget_enabled):
             raise MetaedgeError("--pruner none leaves nothing to spend the budget on", "add --lowrank tucker, pick a pruner, or pass --prune-macs off")
         if self.latency_budget_enabled and not self.targets:

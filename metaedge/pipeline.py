@@ -125,7 +125,33 @@ def _stage_baseline(cfg: PipelineConfig, data: DataSplits, log: Log, quiet: bool
 
 def _method_tag(cfg: PipelineConfig) -> str:
     """Cache-directory suffix of the compression method ("" for MetaPruning alone, the original layout)."""
-    return ("" if cfg.pruner == "metapruning" else f"-{cfg.pruner}") + ("-tucker" if cfg.lowrank == "tucker" else "")
+    return ("" if cfg.pruner == "metapruning" else f"-{cfg.pruner}") + ("-tucker" if cfg.lowrank == "tucker" else "") + _shared_pn_tag(cfg)
+
+
+def _shared_pn_tag(cfg: PipelineConfig) -> str:
+    """"-pn<hash>" when the PruningNet is shared over a sweep's budgets: its search, fine-tune and QAT
+    caches must not mix with those of a PruningNet trained for one budget."""
+    if cfg.pruningnet_budgets is None:
+        return ""
+    kind = f"latency-{cfg.targets[0]}" if cfg.latency_budget_enabled else "macs"
+    return "-pn" + hashlib.sha256(json.dumps([kind, list(cfg.pruningnet_budgets)]).encode()).hexdigest()[:8]
+
+
+def _shared_band(cfg: PipelineConfig, base_macs: int) -> tuple[float, float]:
+    """The absolute cost band of every budget in ``cfg.pruningnet_budgets`` (see sampling.Band.around)."""
+    from metaedge.compress import metapruning as mp
+    from metaedge.compress.metapruning.sampling import Band
+    from metaedge.latency import parse_latency_budget
+
+    if cfg.latency_budget_enabled:
+        try:  # absolute only: a fraction would follow each run's own baseline measurement, and the band with it
+            budgets = [parse_latency_budget(b) for b in cfg.pruningnet_budgets]
+        except ValueError as exc:
+            raise MetaedgeError(str(exc), "a shared PruningNet needs absolute latency budgets such as 2ms or 500us") from exc
+    else:
+        budgets = [mp.parse_budget(b, base_macs) for b in cfg.pruningnet_budgets]
+    band = Band.around(budgets)
+    return band.lo, band.hi
 
 
 def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdir: Path, log: Log, quiet: bool, budget_fn=None, latency_budget_ms: float | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
@@ -156,7 +182,14 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
             prune_cfg = replace(prune_cfg, budget=pruning_budget(model, data.input_shape, budget, preset.channel_multiple), finetune_epochs=0,
                                 search_floor=max(prune_cfg.search_floor, 0.98))
             log(f"prune: {cfg.pruner} to {prune_cfg.budget / 1e6:.2f}M MACs first, then Tucker on the pruned layers, then one fine-tune")
-        small, info, plot = _run_pruner(cfg, model, data, prune_cfg, workdir, quiet, budget_fn)
+        shared_pn = None
+        if cfg.pruningnet_budgets is not None:
+            # workdir.parent is the baseline's run directory: one PruningNet per baseline, preset and band
+            prune_cfg = replace(prune_cfg, band=_shared_band(cfg, base.macs))
+            shared_pn = workdir.parent / f"pruningnet-{cfg.prune_preset}{_shared_pn_tag(cfg)}.pt"
+            log(f"prune: {'reusing' if shared_pn.exists() else 'training'} the shared PruningNet {shared_pn} "
+                f"(band {prune_cfg.band[0]:.4g}..{prune_cfg.band[1]:.4g}, budgets {', '.join(cfg.pruningnet_budgets)})")
+        small, info, plot = _run_pruner(cfg, model, data, prune_cfg, workdir, quiet, budget_fn, shared_pn)
     if tucker:
         from metaedge.compress.lowrank import LowRankConfig, lowrank_model
 
@@ -174,13 +207,14 @@ def _stage_prune(cfg: PipelineConfig, model: nn.Module, data: DataSplits, workdi
     return small.eval(), info, plot
 
 
-def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None,
+                shared_pn: Path | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
     """The --pruner's small model, its manifest entries (widths, seconds, method details) and search plot (MetaPruning only)."""
     from metaedge.compress import metapruning as mp
 
     if cfg.pruner == "metapruning":
-        res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
-        info = {"widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
+        res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet, pruningnet_checkpoint=shared_pn)
+        info = {"pruningnet": str(shared_pn or workdir / "pruningnet.pt"), "widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
                 "start_accuracy": res.start_accuracy, "seconds": res.seconds}
         if res.rank_check is not None:
             info["rank_check"] = res.rank_check

@@ -153,8 +153,12 @@ def prune_model(
     workdir: Path | str = Path("metaedge-out/prune"),
     budget_fn: BudgetFn | None = None,
     quiet: bool = False,
+    pruningnet_checkpoint: Path | str | None = None,
 ) -> PruneResult:
-    """Prune ``model`` (taken as trained) to ``cfg.budget`` with MetaPruning; returns the fine-tuned small model."""
+    """Prune ``model`` (taken as trained) to ``cfg.budget`` with MetaPruning; returns the fine-tuned small model.
+
+    ``pruningnet_checkpoint``: where the PruningNet is trained to / reused from (default
+    ``workdir/pruningnet.pt``); a sweep passes one path for all its budgets, with ``cfg.band`` covering them."""
     workdir = Path(workdir)
     info = dist_info()
     if info.is_main:
@@ -172,7 +176,7 @@ def prune_model(
     pn_cfg = PNTrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed)
     band = Band(*cfg.band) if cfg.band is not None else Band.around([budget])
     sampler = WidthSampler(space, cost_fn, band, cfg.random_widths, cfg.sandwich, largest=cfg.sandwich_largest)
-    pn_ckpt = workdir / "pruningnet.pt"
+    pn_ckpt = Path(pruningnet_checkpoint) if pruningnet_checkpoint is not None else workdir / "pruningnet.pt"
     search_log = workdir / "search.jsonl"
     sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden,
            "init_from_model": cfg.init_from_model, "sandwich": cfg.sandwich, "random_widths": cfg.random_widths, "largest": cfg.sandwich_largest,
