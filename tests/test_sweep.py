@@ -6,12 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-
-import pytest
-
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
+
 from metaedge.errors import MetaedgeError
 from metaedge.sweep.frontier import FrontierRow, pareto_front
 from metaedge.sweep.pick import choose_point, copy_point
@@ -54,16 +53,26 @@ def test_copy_point_never_clobbers_other_folders(tmp_path):
     (["--prune-macs", "0.5", "--pick", "1.5"], "has no unit"),
     (["--prune-macs", "0.5", "--pick-acc", "2"], "is not an accuracy"),
     (["--prune-macs", "0.5,-1"], "is negative"),
+    (["--prune-macs", "0.5,0.5"], "repeats a value"),
     (["--prune-latency", "0.5"], "absolute latency budgets"),
     (["--prune-macs", "0.5", "--quant", "off,w9a8"], "9-bit weights"),
     (["--prune-macs", "0.5", "--pruner", "metapruning,magic"], "unknown sweep pruner"),
     (["--prune-macs", "0.5", "--target", "nowhere"], "unknown target"),
+    (["--prune-macs", "0.5", "--pick", "1ms", "--out", "/etc"], "not an artifact folder"),
 ])
-def test_bad_values_fail_in_one_line_before_any_work(tmp_path, flags, message):
-    proc = run_cli("sweep", *flags, "--sweep-dir", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache"), timeout=60)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+def test_bad_values_fail_in_one_line_before_any_work(tmp_path, capsys, flags, message):
+    from metaedge.cli.main import main
+
+    assert main(["sweep", *flags, "--sweep-dir", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()
+
+
+def test_cli_bad_value_exits_2_with_one_line(tmp_path):
+    proc = run_cli("sweep", "--prune-macs", "0.5", "--pick", "fast", "--sweep-dir", str(tmp_path / "sweep"), timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--pick 'fast'" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
 
 
 TINY = ["--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--train-subset", "256", "--epochs", "1",

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     con.print(frontier_table(result.rows, frontier_title(cfg)))
     pns = result.summary["pruningnets"]
     if pns:
-        con.print(f"PruningNet: {len(pns)} trained for {len(cfg.budgets)} budget(s): {', '.join(pns)}")
+        n_mp = sum(1 for p in result.summary["points"].values() if p["group"].startswith("metapruning-"))
+        con.print(f"PruningNet: {len(pns)} shared by {n_mp} MetaPruning point(s): {', '.join(pns)}")
     con.print(f"frontier: {result.root / FRONTIER_PNG}, {result.root / FRONTIER_CSV}; summary {result.root / SUMMARY_NAME}; {time.perf_counter() - t0:.0f} s")
     if cfg.pick_ms is not None or cfg.pick_acc is not None:
         best = choose_point(result.rows, cfg.pick_ms, cfg.pick_acc)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from metaedge.artifacts import MANIFEST_NAME, atomic_write_json
 from metaedge.config import PipelineConfig
