@@ -133,3 +133,26 @@ def test_sweep_two_budgets_one_pruningnet_resume_after_kill_and_pick(tmp_path):
     best = min((r for r in rows if float(r["test_acc"]) >= 0.05), key=lambda r: float(r["latency_ms"]))
     assert json.loads((picked / "manifest.json").read_text()) == json.loads((sweep / "points" / best["point"] / "manifest.json").read_text())
     assert f"picked {best['point']}" in proc.stdout and (picked / "model.onnx").is_file()
+
+
+def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
+    from metaedge.config import PipelineConfig
+    from metaedge.pipeline import _shared_band, _shared_pn_tag
+    from metaedge.sweep.config import SweepConfig
+    from metaedge.sweep.plan import plan_points, point_config, point_groups
+
+    cfg = SweepConfig(base=PipelineConfig(targets=("x86",)), budget_kind="latency", budgets=("2ms", "500us"), quants=("off", "w8a8"),
+                      pruners=("metapruning", "uniform"))
+    points = plan_points(cfg)
+    assert points[0].name == "baseline" and len(points) == 1 + 2 * 2 * 2
+    assert [len(g) for g in point_groups(points)] == [1, 2, 2, 2, 2]  # one group per pruner and budget: its quant variants in turn
+    mp = [point_config(cfg, p, tmp_path) for p in points if p.pruner == "metapruning"]
+    assert {c.pruningnet_budgets for c in mp} == {("2ms", "500us")} and {c.prune_latency for c in mp} == {"2ms", "500us"}
+    assert len({_shared_pn_tag(c) for c in mp}) == 1
+    assert _shared_band(mp[0], 1) == pytest.approx((0.45, 2.0))  # Band.around: 10% under the smallest budget, up to the largest
+    uniform = point_config(cfg, points[-1], tmp_path)
+    assert uniform.pruningnet_budgets is None and uniform.pruner == "uniform" and uniform.out == str(tmp_path / "points" / points[-1].name)
+    base = point_config(cfg, points[0], tmp_path)
+    assert not base.prune_enabled and not base.latency_budget_enabled and not base.quant_enabled
+    with pytest.raises(MetaedgeError, match="serves --pruner metapruning alone"):
+        PipelineConfig(pruner="uniform", pruningnet_budgets=("0.5",))
