@@ -61,7 +61,6 @@ from metaedge.compress.graph import analyze_channels
 from metaedge.compress.lowrank import LowRankConfig, lowrank_model, pruning_budget
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, l1_keep, prune_model
 from metaedge.compress.metapruning.budget import uniform_widths
-from metaedge.compress.metapruning.diagnostic import rank_check
 from metaedge.compress.metapruning.sampling import Band
 from metaedge.compress.metapruning.space import repair
 from metaedge.compress.metapruning.starts import start_model

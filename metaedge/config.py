@@ -160,6 +160,9 @@ class PipelineConfig:
     prune_latency: LatencyBudget | None = None  # latency budget on targets[0], from "2ms", "500us", or a fraction of the measured baseline ("0.6")
     pruner: str = "metapruning"  # channel pruner: "metapruning" | "vib" | "uniform" | "l1" | "none" (with lowrank only)
     lowrank: str = "off"  # "tucker": kxk convs by Tucker-2, linears by SVD, after the pruner, to the same MACs budget
+    # Every budget (same kind and syntax as prune_macs / prune_latency) one shared PruningNet trains for,
+    # so the points of a `metaedge sweep` reuse it; None: a PruningNet for this run's budget alone.
+    pruningnet_budgets: tuple[str, ...] | None = None
     quant: QuantSpec | None = QuantSpec(8, 8)  # from "w8a8", "w4a8", ...; None / "off": no quantization
     quantizer: str = "metaquant"  # "metaquant" | "ste" | "lsq" | "ptq"
     quant_preset: str = "demo"
@@ -210,6 +213,8 @@ class PipelineConfig:
             raise MetaedgeError("--lowrank tucker takes a MACs budget, not --prune-latency", "pass --prune-macs (e.g. 0.5) with --lowrank tucker, or --lowrank off")
         if self.lowrank == "tucker" and not self.prune_enabled:
             raise MetaedgeError("--lowrank tucker needs a MACs budget", "pass --prune-macs, e.g. 0.5 or 20M")
+        if self.pruningnet_budgets is not None:
+            _check_shared_budgets(self)
         if self.pruner == "none" and self.lowrank == "off" and (self.prune_enabled or self.latency_budget_enabled):
             raise MetaedgeError("--pruner none leaves nothing to spend the budget on", "add --lowrank tucker, pick a pruner, or pass --prune-macs off")
         if self.latency_budget_enabled and not self.targets:
@@ -243,6 +248,19 @@ class PipelineConfig:
             else:
                 out[f.name] = value
         return out
+
+
+def _check_shared_budgets(cfg: PipelineConfig) -> None:
+    """A shared PruningNet's budgets: MetaPruning alone, each readable in the run's budget kind, latency ones absolute."""
+    if cfg.pruner != "metapruning" or cfg.lowrank != "off":
+        raise MetaedgeError("a shared PruningNet (pruningnet_budgets) serves --pruner metapruning alone", "drop pruningnet_budgets, or use --pruner metapruning --lowrank off")
+    object.__setattr__(cfg, "pruningnet_budgets", tuple(str(b) for b in cfg.pruningnet_budgets))  # type: ignore[union-attr]
+    for b in cfg.pruningnet_budgets or ():
+        if cfg.latency_budget_enabled and LatencyBudget.parse(b).ms is None:
+            # a fraction would follow each run's own baseline measurement, and the band with it
+            raise MetaedgeError(f"shared PruningNet budget {b!r} is a fraction", "a shared PruningNet needs absolute latency budgets such as 2ms or 500us")
+        if not cfg.latency_budget_enabled:
+            MacsBudget.parse(b)
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "export": ExportConfig, "timing": TimingConfig}

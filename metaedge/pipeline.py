@@ -244,6 +244,20 @@ def _prune_config(run: _Run, base_macs: int, latency_ms: float | None):
     return replace(preset, budget_kind="macs", budget=run.cfg.prune_macs.resolve(base_macs))
 
 
+def _shared_band(cfg: PipelineConfig, base_macs: int) -> tuple[float, float]:
+    """The absolute cost band around every budget in ``cfg.pruningnet_budgets`` (see sampling.Band.around)."""
+    from metaedge.compress.metapruning.sampling import Band
+    from metaedge.config import LatencyBudget, MacsBudget
+
+    budgets = cfg.pruningnet_budgets or ()
+    if cfg.latency_budget_enabled:  # absolute ms, checked when the config was built
+        values = [float(LatencyBudget.parse(b).ms) for b in budgets]  # type: ignore[arg-type]
+    else:
+        values = [MacsBudget.parse(b).resolve(base_macs) for b in budgets]
+    band = Band.around(values)
+    return band.lo, band.hi
+
+
 def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module, str]:
     """Channel pruning (--pruner) and/or Tucker low rank (--lowrank) to the budget. Combined, the pruner
     runs first on the original graph to its share of the budget (lowrank.pruning_budget), Tucker then
@@ -257,7 +271,13 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
         budget_fn, budget_ms, lat_info = _latency_budget(run, model)
     base = count_cost(model, data.input_shape)
     prune_cfg = _prune_config(run, base.macs, budget_ms)
-    key = prune_cache_key(base_key, cfg, prune_cfg)
+    shared_pn = None
+    if cfg.pruningnet_budgets is not None:  # a sweep: one PruningNet over the band of all its budgets
+        prune_cfg = replace(prune_cfg, band=_shared_band(cfg, base.macs))
+        shared_pn = Path(cfg.cache_dir) / f"run-{base_key}" / f"pruningnet-{_digest({'kind': prune_cfg.budget_kind, 'band': prune_cfg.band, 'target': cfg.targets[0] if budget_fn else None, 'preset': cfg.prune_preset})}.pt"
+        run.log(f"prune: {'reusing' if shared_pn.exists() else 'training'} the shared PruningNet {shared_pn} "
+                f"(band {prune_cfg.band[0]:.4g}..{prune_cfg.band[1]:.4g}, budgets {', '.join(cfg.pruningnet_budgets)})")
+    key = prune_cache_key(base_key, cfg, prune_cfg)  # the band is part of prune_cfg: shared and own PruningNets never mix
     workdir = Path(cfg.cache_dir) / f"run-{base_key}" / f"prune-{key}"
     budget = float(prune_cfg.budget)
     what = (f"<= {budget:.3f} ms predicted on {cfg.targets[0]}" if budget_fn else f"<= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M)")
@@ -275,7 +295,7 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
                               search_floor=max(prune_cfg.search_floor, 0.98))
             run.log(f"prune: {cfg.pruner} to {run_cfg.budget / 1e6:.2f}M MACs first, then Tucker on the pruned layers, then one fine-tune")
             info["prune_budget"] = run_cfg.budget
-        small, pruner_info, plot = _run_pruner(cfg, model, data, run_cfg, workdir, run.quiet, budget_fn)
+        small, pruner_info, plot = _run_pruner(cfg, model, data, run_cfg, workdir, run.quiet, budget_fn, shared_pn)
         info.update(pruner_info)
     if tucker:
         from metaedge.compress.lowrank import LowRankConfig, lowrank_model
@@ -300,13 +320,14 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     return small.eval(), key
 
 
-def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None,
+                shared_pn: Path | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
     """The --pruner's small model, its manifest entries (widths, seconds, method details) and search plot (MetaPruning only)."""
     from metaedge.compress import metapruning as mp
 
     if cfg.pruner == "metapruning":
-        res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet)
-        info = {"widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
+        res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet, pruningnet_checkpoint=shared_pn)
+        info = {"pruningnet": str(shared_pn or workdir / "pruningnet.pt"), "widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
                 "start_accuracy": res.start_accuracy, "seconds": res.seconds}
         if res.rank_check is not None:
             info["rank_check"] = res.rank_check

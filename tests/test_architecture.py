@@ -35,6 +35,7 @@ GROUPS = {
     "metaedge.config": "pipeline",
     "metaedge.pipeline": "pipeline",
     "metaedge.manifest": "pipeline",
+    "metaedge.sweep": "pipeline",  # many budgets through the pipeline, one PruningNet
     "metaedge.cli": "cli",
 }
 ALLOWED = {

@@ -10,7 +10,7 @@ import torch
 from _prune_models import ALL, tiny_data
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
-from metaedge.compress.metapruning import PRESETS, Pricer, SearchConfig, WidthSpace, evolutionary_search, parse_budget, prune_model
+from metaedge.compress.metapruning import PRESETS, Pricer, SearchConfig, WidthSpace, evolutionary_search, prune_model
 from metaedge.errors import MetaedgeError
 
 X = torch.randn(2, 3, 8, 8)
@@ -66,17 +66,6 @@ def test_interrupted_search_resumes_without_reevaluation(tmp_path):
     assert res.genes == ref.genes and res.accuracy == ref.accuracy
     assert len(again) == ref.evaluated - 17  # nothing scored twice
     assert not any(w in calls for w in again)
-
-
-def test_parse_budget():
-    assert parse_budget("0.5", 200.0) == 100.0
-    assert parse_budget("20M", 1.0) == 20e6
-    assert parse_budget("1.5G", 1.0) == 1.5e9
-    assert parse_budget("300k", 1.0) == 300e3
-    assert parse_budget("1500000", 1.0) == 1.5e6
-    for bad in ("-1", "0", "abc", "", "1.5T"):
-        with pytest.raises(MetaedgeError):
-            parse_budget(bad, 100.0)
 
 
 def test_prune_model_end_to_end_and_resume(tmp_path):

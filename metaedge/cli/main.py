@@ -11,7 +11,7 @@ from metaedge.errors import EXIT_USAGE, MetaedgeError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("compress", "info", "export", "profile", "targets", "tune", "compile", "deploy")
+COMMANDS = ("compress", "sweep", "info", "export", "profile", "targets", "tune", "compile", "deploy")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -6,7 +6,6 @@ checkpoint, plot, summary) and a re-run resumes from whatever a killed run left 
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from metaedge.compress.train import TrainConfig, evaluate
 from metaedge.data import DataSplits, make_loader
 from metaedge.errors import MetaedgeError
 
-__all__ = ["BudgetFn", "PRESETS", "PruneConfig", "PruneResult", "parse_budget", "prune_model"]
+__all__ = ["BudgetFn", "PRESETS", "PruneConfig", "PruneResult", "prune_model"]
 
 
 @dataclass(frozen=True)
@@ -99,25 +98,6 @@ PRESETS: dict[str, PruneConfig] = {
     "full": PruneConfig(pruningnet_epochs=32, hidden=64, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05),
 }
 
-_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
-
-
-def parse_budget(text: str, reference: float) -> float:
-    """"0.5" -> half of ``reference``; "20M" / "1.5G" / "300K" / "1500000" -> absolute."""
-    s = str(text).strip().upper().replace("_", "")
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:E[-+]?[0-9]+)?)\s*([KMG]?)", s)
-    if not m:
-        raise MetaedgeError(f"cannot read the prune budget {text!r}", "write a fraction of the unpruned model (0.5) or an absolute count (20M, 1.5G, 300K)")
-    value = float(m.group(1))
-    if value <= 0:
-        raise MetaedgeError(f"prune budget must be positive, got {text!r}", "write a fraction in (0, 1] (0.5) or an absolute count (20M)")
-    if m.group(2):
-        return value * _SUFFIX[m.group(2)]
-    if value <= 1.0:
-        return value * reference
-    return value
-
-
 @dataclass
 class PruneResult:
     model: nn.Module
@@ -154,8 +134,12 @@ def prune_model(
     workdir: Path | str = Path("metaedge-out/prune"),
     budget_fn: BudgetFn | None = None,
     quiet: bool = False,
+    pruningnet_checkpoint: Path | str | None = None,
 ) -> PruneResult:
-    """Prune ``model`` (taken as trained) to ``cfg.budget`` with MetaPruning; returns the fine-tuned small model."""
+    """Prune ``model`` (taken as trained) to ``cfg.budget`` with MetaPruning; returns the fine-tuned small model.
+
+    ``pruningnet_checkpoint``: where the PruningNet is trained to / reused from (default
+    ``workdir/pruningnet.pt``); a sweep passes one path for all its budgets, with ``cfg.band`` covering them."""
     workdir = Path(workdir)
     info = dist_info()
     if info.is_main:
@@ -173,7 +157,7 @@ def prune_model(
     pn_cfg = PNTrainConfig(TrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, weight_decay=0.0, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed))
     band = Band(*cfg.band) if cfg.band is not None else Band.around([budget])
     sampler = WidthSampler(space, cost_fn, band, cfg.random_widths, cfg.sandwich, largest=cfg.sandwich_largest)
-    pn_ckpt = workdir / "pruningnet.pt"
+    pn_ckpt = Path(pruningnet_checkpoint) if pruningnet_checkpoint is not None else workdir / "pruningnet.pt"
     search_log = workdir / "search.jsonl"
     sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden,
            "init_from_model": cfg.init_from_model, "sandwich": cfg.sandwich, "random_widths": cfg.random_widths, "largest": cfg.sandwich_largest,

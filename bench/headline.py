@@ -1,0 +1,224 @@
+"""Headline: the uncompressed model against metaedge's best point within 1 point of its accuracy, and
+against the chain a user would assemble today from peer tools, measured side by side in one run.
+
+Protocol, per network (ResNet-20 and MobileNetV2, Fashion-MNIST: the official 10k test split,
+validation carved from train, a seeded train subset for CPU runs):
+
+- metaedge: one `metaedge sweep` (one baseline, one PruningNet for every budget, search + fine-tune
+  + MetaQuant int8 QAT per budget, ONNX export behind the parity gate), then the fastest point
+  whose test accuracy is within ``--tolerance`` (1 point) of the uncompressed model's;
+- peer chain: Torch-Pruning's L1 MagnitudePruner at the global ratio that comes closest under the
+  chosen point's MACs (bench/pruning.py's tp_l1), the same fine-tune (epochs, lr, KD from the same
+  baseline), then ONNX Runtime's post-training int8 (quantize_static, QDQ, per-channel);
+- latency: every model timed here, one after another in this process, with ONNX Runtime on one
+  thread at batch 1 (the same runtime for all), plus PyTorch eager of the uncompressed model;
+  size: bytes of the ONNX file.
+
+Ratios reported: ORT fp32 baseline / compressed (speed-up in the same runtime), eager baseline /
+compressed (speed-up over PyTorch eager), baseline ONNX bytes / compressed ONNX bytes.
+
+Run:  python bench/headline.py --quick    (smoke run on digits: tiny schedules, one budget; the
+                                           numbers mean nothing, it checks the chain end to end)
+      python bench/headline.py            (Fashion-MNIST, both networks; resumes: the sweep reuses
+                                           finished points and the caches)
+Writes bench-out/headline/ (sweeps, caches: git-ignored) and bench/results/headline[_quick].json, .md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/pruning.py's Torch-Pruning helper
+
+from pruning import tp_l1  # noqa: E402
+
+from metaedge.artifacts import atomic_write_json, atomic_write_text, load_manifest  # noqa: E402
+from metaedge.compress.cost import count_cost  # noqa: E402
+from metaedge.compress.finetune import finetune  # noqa: E402
+from metaedge.compress.metapruning import PRESETS  # noqa: E402
+from metaedge.compress.metaquant.ptq import quantize_ptq  # noqa: E402
+from metaedge.compress.train import TrainConfig  # noqa: E402
+from metaedge.config import PipelineConfig  # noqa: E402
+from metaedge.data import DataConfig, load_data  # noqa: E402
+from metaedge.deploy.export import check_parity, export_onnx  # noqa: E402
+from metaedge.errors import MetaedgeError  # noqa: E402
+from metaedge.latency import TimingConfig  # noqa: E402
+from metaedge.sweep import SweepConfig, run_sweep  # noqa: E402
+from metaedge.sweep.frontier import FrontierRow  # noqa: E402
+from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager  # noqa: E402
+from metaedge.zoo import build_model  # noqa: E402
+
+ARCHS = ("resnet20", "mobilenetv2_100")
+BUDGETS = ("0.5", "0.25", "0.1")
+GOAL_SPEEDUP = 4.0
+
+
+def _onnx_accuracy(path: Path, data) -> float:
+    import numpy as np
+
+    from metaedge.deploy.backends.onnxruntime import OrtRunner
+
+    runner = OrtRunner(path, threads=1)
+    x, y = data.test.tensors
+    logits = np.concatenate([runner.run(x[i : i + 128].numpy()) for i in range(0, len(x), 128)])
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def _best_within(rows: list[FrontierRow], base: FrontierRow, tolerance: float) -> tuple[FrontierRow, bool]:
+    """The fastest compressed point within ``tolerance`` of the baseline's accuracy (True), or, when
+    none is, the most accurate one (False)."""
+    compressed = [r for r in rows if r.pruner != "none"]
+    within = [r for r in compressed if r.test_acc >= base.test_acc - tolerance]
+    if within:
+        return min(within, key=lambda r: (r.latency_ms, -r.test_acc)), True
+    return max(compressed, key=lambda r: (r.test_acc, -r.latency_ms)), False
+
+
+def _peer_chain(base_cfg: PipelineConfig, baseline: torch.nn.Module, data, macs: int, work: Path, quiet: bool) -> dict:
+    """Torch-Pruning L1 to ``macs``, the sweep's fine-tune, ORT post-training int8."""
+    x = data.val.tensors[0][:64]
+    work.mkdir(parents=True, exist_ok=True)
+    preset = PRESETS[base_cfg.prune_preset]
+    small, why = tp_l1(baseline, x, macs, preset.channel_multiple)
+    if small is None:
+        return {"skipped": why}
+    finetune(small, data, preset.finetune_config(), work, ["tp_l1", macs], teacher=baseline, quiet=quiet, desc="peer fine-tune")
+    fp32 = export_onnx(small.eval(), x[:1], work / "tp_l1_fp32.onnx", base_cfg.export)
+    check_parity(small, fp32, x, base_cfg.export)
+    calib = data.train.tensors[0]
+    int8 = quantize_ptq(fp32, work / "tp_l1_int8.onnx", [calib[i : i + 32].numpy() for i in range(0, min(len(calib), 256), 32)])
+    return {"onnx": str(int8), "macs": count_cost(small, data.input_shape).macs, "test_acc": _onnx_accuracy(int8, data),
+            "fp32_test_acc": _onnx_accuracy(fp32, data)}
+
+
+def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
+    out = Path(args.out) / arch
+    base_cfg = PipelineConfig(
+        model=arch, out=str(out / "sweep"), cache_dir=str(Path(args.out) / "cache"), prune_preset=args.prune_preset, quant_preset=args.quant_preset,
+        targets=("x86",), backend="onnxruntime", timing=timing,
+        data=DataConfig(source=args.data, input_size=args.input_size, train_subset=args.train_subset, seed=0),
+        train=TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05),
+    )
+    t0 = time.perf_counter()
+    sweep = run_sweep(SweepConfig(base=base_cfg, budget_kind="macs", budgets=tuple(args.budgets.split(",")), quants=tuple(args.quant.split(","))),
+                      log=lambda m: print(f"  {arch}: {m}", flush=True), quiet=True)
+    base_row = next(r for r in sweep.rows if r.pruner == "none")
+    best, within = _best_within(sweep.rows, base_row, args.tolerance)
+    base_dir, best_dir = sweep.root / "points" / base_row.point, sweep.root / "points" / best.point
+    base_manifest = load_manifest(base_dir)
+    data = load_data(base_cfg.data)
+    baseline = build_model(arch, None, num_classes=data.num_classes, in_chans=data.in_chans, input_size=data.input_size)
+    baseline.load_state_dict(torch.load(base_dir / "model.pt", map_location="cpu", weights_only=True))
+    baseline.eval()
+    peer = _peer_chain(base_cfg, baseline, data, best.macs, out / "peer", quiet=True)
+
+    # every latency here, one after another, same runtime, input and settings
+    x = data.val.tensors[0][:1]
+    ort = lambda p: time_onnxruntime(p, x.numpy(), timing).p50_ms  # noqa: E731
+    base_ms, eager_ms, best_ms = ort(base_dir / "model.onnx"), time_torch_eager(baseline, x, timing).p50_ms, ort(best_dir / "model.onnx")
+    base_bytes = (base_dir / "model.onnx").stat().st_size
+
+    def ratios(ms: float, path: Path) -> dict:
+        return {"speedup_ort": base_ms / ms, "speedup_over_eager": eager_ms / ms, "size_reduction": base_bytes / path.stat().st_size}
+
+    result = {
+        "arch": arch,
+        "baseline": {"test_acc": base_row.test_acc, "ort_fp32_ms": base_ms, "eager_ms": eager_ms, "onnx_bytes": base_bytes, "macs": base_row.macs,
+                     "eager_over_ort": eager_ms / base_ms},
+        "metaedge": {"point": best.point, "within_tolerance": within, "test_acc": best.test_acc, "ort_ms": best_ms, "macs": best.macs,
+                     "onnx_bytes": (best_dir / "model.onnx").stat().st_size, **ratios(best_ms, best_dir / "model.onnx")},
+        "frontier": [asdict(r) for r in sweep.rows],
+        "pruningnets": sweep.summary["pruningnets"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tools": base_manifest.get("tools", {}),
+    }
+    if "onnx" in peer:
+        peer_ms = ort(Path(peer["onnx"]))
+        result["peer"] = {**peer, "ort_ms": peer_ms, "onnx_bytes": Path(peer["onnx"]).stat().st_size, **ratios(peer_ms, Path(peer["onnx"]))}
+    else:
+        result["peer"] = peer
+    return result
+
+
+def markdown(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"# Headline: {args.data}, one thread, batch 1, ONNX Runtime (x86 here){' (QUICK SMOKE RUN: numbers mean nothing)' if args.quick else ''}",
+             "", (f"Best metaedge point = fastest sweep point within {100 * args.tolerance:.1f} point(s) of the uncompressed test accuracy; "
+                  "peer chain = Torch-Pruning L1 at that point's MACs + the same fine-tune + ONNX Runtime PTQ int8. "
+                  "Speed-ups are over the uncompressed model in ONNX Runtime fp32 and in PyTorch eager."), "",
+             "| network | model | test acc | MACs | ORT ms | speed-up vs ORT fp32 | speed-up vs eager | size reduction |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        b, m, p = r["baseline"], r["metaedge"], r["peer"]
+        lines.append(f"| {r['arch']} | uncompressed | {100 * b['test_acc']:.2f}% | {b['macs'] / 1e6:.2f}M | {b['ort_fp32_ms']:.3f} | 1.00x | {b['eager_over_ort']:.2f}x | 1.00x |")
+        mark = "" if m["within_tolerance"] else " (none within tolerance: most accurate point)"
+        lines.append(f"| {r['arch']} | metaedge {m['point']}{mark} | {100 * m['test_acc']:.2f}% | {m['macs'] / 1e6:.2f}M | {m['ort_ms']:.3f} | "
+                     f"{m['speedup_ort']:.2f}x | {m['speedup_over_eager']:.2f}x | {m['size_reduction']:.2f}x |")
+        if "ort_ms" in p:
+            lines.append(f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | {100 * p['test_acc']:.2f}% | {p['macs'] / 1e6:.2f}M | {p['ort_ms']:.3f} | "
+                         f"{p['speedup_ort']:.2f}x | {p['speedup_over_eager']:.2f}x | {p['size_reduction']:.2f}x |")
+        else:
+            lines.append(f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | skipped: {p.get('skipped')} | | | | | |")
+    lines += ["", f"Goal: metaedge's best point within 1 point at >= {GOAL_SPEEDUP:.0f}x the baseline's ONNX Runtime speed, ahead of the peer chain."]
+    for r in results:
+        m, p = r["metaedge"], r["peer"]
+        ahead = "ort_ms" in p and m["ort_ms"] < p["ort_ms"] and m["test_acc"] >= p["test_acc"] - args.tolerance
+        lines.append(f"- {r['arch']}: {m['speedup_ort']:.2f}x ORT speed-up {'within' if m['within_tolerance'] else 'NOT within'} tolerance "
+                     f"({'meets' if m['within_tolerance'] and m['speedup_ort'] >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:.0f}x goal); "
+                     f"{'ahead of' if ahead else 'not ahead of'} the peer chain")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run on digits: tiny schedules, one budget, ResNet-20 only")
+    ap.add_argument("--data", default=None, help="default fashion-mnist (--quick: digits)")
+    ap.add_argument("--archs", default=None, help=f"default {','.join(ARCHS)} (--quick: resnet20)")
+    ap.add_argument("--budgets", default=None, help=f"MACs fractions of the sweep, default {','.join(BUDGETS)} (--quick: 0.5)")
+    ap.add_argument("--quant", default="w8a8", help="quant settings of the sweep (default w8a8)")
+    ap.add_argument("--input-size", type=int, default=16)
+    ap.add_argument("--train-subset", type=int, default=None, help="default 10000 (--quick: 512)")
+    ap.add_argument("--epochs", type=int, default=None, help="baseline epochs, default 10 (--quick: 1)")
+    ap.add_argument("--prune-preset", default=None, help="default bench (--quick: demo)")
+    ap.add_argument("--quant-preset", default="demo")
+    ap.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed for the best point (default 0.01: one point)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per model, default 300 (--quick: 20)")
+    ap.add_argument("--out", default="bench-out/headline")
+    ap.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.data = args.data or ("digits" if q else "fashion-mnist")
+    args.archs = args.archs or ("resnet20" if q else ",".join(ARCHS))
+    args.budgets = args.budgets or ("0.5" if q else ",".join(BUDGETS))
+    args.train_subset = args.train_subset or (512 if q else 10000)
+    args.epochs = args.epochs if args.epochs is not None else (1 if q else 10)
+    args.prune_preset = args.prune_preset or ("demo" if q else "bench")
+    args.input_size = 8 if q and args.input_size == 16 else args.input_size
+    timing = TimingConfig(warmup=5 if q else 30, repeats=args.repeats or (20 if q else 300), threads=1)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    results = []
+    for arch in args.archs.split(","):
+        print(f"{arch}: sweep {args.budgets} x {args.quant} on {args.data}", flush=True)
+        try:
+            results.append(run_arch(arch, args, timing))
+        except MetaedgeError as exc:
+            print(f"metaedge: error: {exc.one_line()}", file=sys.stderr)
+            return 2
+    name = "headline_quick" if q else "headline"
+    results_dir = Path(args.results)
+    atomic_write_json(results_dir / f"{name}.json", {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+                                                     "timing": asdict(timing), "results": results})
+    md = markdown(results, args)
+    atomic_write_text(results_dir / f"{name}.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
