@@ -91,7 +91,10 @@ class LatencyBudget:
 
     def resolve(self, baseline_ms: float) -> float:
         """The budget in milliseconds for a baseline measured at ``baseline_ms``."""
-        return self.ms if self.ms is not None else float(self.fraction) * baseline_ms
+        if self.ms is not None:
+            return self.ms
+        assert self.fraction is not None  # parse gives one of ms and fraction
+        return float(self.fraction) * baseline_ms
 
     def __str__(self) -> str:
         return self.spec
@@ -114,7 +117,7 @@ class QuantSpec:
         return f"w{self.weight_bits}a{self.act_bits}"
 
 
-def _typed(cls: type, value: Any) -> Any:
+def _typed(cls: type[MacsBudget | LatencyBudget | QuantSpec], value: Any) -> Any:
     """``None`` for off, else ``value`` parsed into ``cls`` (an instance passes through)."""
     if isinstance(value, cls) or _is_off(value):
         return None if _is_off(value) else value
@@ -239,7 +242,7 @@ class PipelineConfig:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value) and f.name in _SECTIONS:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type) and f.name in _SECTIONS:
                 out[f.name] = dataclasses.asdict(value)
             elif isinstance(value, (MacsBudget, LatencyBudget, QuantSpec)):
                 out[f.name] = str(value)

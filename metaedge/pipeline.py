@@ -17,7 +17,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -211,12 +211,12 @@ def _stage_baseline(run: _Run) -> nn.Module:
     return model
 
 
-def _latency_budget(run: _Run, baseline: nn.Module):
+def _latency_budget(run: _Run, baseline: nn.Module) -> tuple[Callable[[Sequence[Any]], float], float, LatencyBudgetInfo]:
     """A per-layer latency table measured on the first target, calibrated by one end-to-end
     measurement of the baseline there; returns (latency_fn, budget_ms, info)."""
     from metaedge.compress.cost import layer_specs
     from metaedge.deploy.compile import compile_for_target
-    from metaedge.deploy.latency_table import make_latency_fn
+    from metaedge.deploy.latency_table import LatencyTable, make_latency_fn
     from metaedge.targets.registry import get_target
 
     cfg, data = run.cfg, run.data
@@ -226,11 +226,13 @@ def _latency_budget(run: _Run, baseline: nn.Module):
     fn = make_latency_fn(target, cfg.device, specs=specs, width_multipliers=(0.25, 0.5, 0.75, 1.0))
     section = compile_for_target(run.out.path("baseline.onnx"), target, run.out.root / "latency-baseline", backends="tvm", timing=cfg.timing, device=cfg.device)
     measured = ((section.get("tvm") or {}).get("latency") or {}).get("p50_ms")
-    raw = fn.table.predict(specs)
-    scale = fn.table.calibrate(specs, measured) if measured else None
+    table: LatencyTable = cast(Any, fn).table  # make_latency_fn attaches its table to the function
+    raw = table.predict(specs)
+    scale = table.calibrate(specs, measured) if measured else None
+    assert cfg.prune_latency is not None  # called only with a latency budget
     budget = cfg.prune_latency.resolve(measured or raw)
-    if budget < fn.table.overhead_ms:
-        raise MetaedgeError(f"latency budget {budget:.3f} ms is below the target's fixed overhead {fn.table.overhead_ms:.3f} ms", "raise --prune-latency")
+    if budget < table.overhead_ms:
+        raise MetaedgeError(f"latency budget {budget:.3f} ms is below the target's fixed overhead {table.overhead_ms:.3f} ms", "raise --prune-latency")
     return fn, budget, LatencyBudgetInfo(target.name, cfg.device, raw, budget, measured, scale)
 
 
@@ -241,6 +243,7 @@ def _prune_config(run: _Run, base_macs: int, latency_ms: float | None):
     preset = mp.PRESETS[run.cfg.prune_preset]
     if latency_ms is not None:
         return replace(preset, budget_kind="latency", budget=float(latency_ms))
+    assert run.cfg.prune_macs is not None  # no latency budget: the prune stage runs for a MACs budget
     return replace(preset, budget_kind="macs", budget=run.cfg.prune_macs.resolve(base_macs))
 
 
@@ -266,7 +269,9 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     from metaedge.compress.cost import layer_specs
 
     cfg, data = run.cfg, run.data
-    budget_fn, budget_ms, lat_info = None, None, None
+    budget_fn: Callable[[Sequence[Any]], float] | None = None
+    budget_ms: float | None = None
+    lat_info: LatencyBudgetInfo | None = None
     if cfg.latency_budget_enabled:
         budget_fn, budget_ms, lat_info = _latency_budget(run, model)
     base = count_cost(model, data.input_shape)
@@ -307,9 +312,12 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     cost = count_cost(small, data.input_shape)
     if cost.macs > budget and budget_fn is None:
         raise MetaedgeError(f"pruned model has {cost.macs} MACs, over the budget {budget:.0f}", "this is a bug in the search; report it with the search log")
+    used: float = cost.macs  # of the budget: MACs, or the predicted ms with a latency budget
     if lat_info is not None:
-        lat_info = replace(lat_info, predicted_ms=budget_fn(layer_specs(small, data.input_shape)))
-    budget_use = (lat_info.predicted_ms if lat_info else cost.macs) / budget
+        assert budget_fn is not None  # set together with lat_info
+        used = budget_fn(layer_specs(small, data.input_shape))
+        lat_info = replace(lat_info, predicted_ms=used)
+    budget_use = used / budget
     widths, seconds = info.pop("widths", {}), info.pop("seconds", None)
     info.pop("budget_use", None)  # the pruners' own share of their (pre-Tucker) budget; the stage's is above
     run.save(prune=PruneStage(method, prune_cfg.budget_kind, budget, cost.macs, cost.params, _accuracy(small, data), widths, budget_use, seconds, lat_info, info))
@@ -398,9 +406,11 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
     from metaedge.compress.metaquant.export import check_qdq_parity, export_qdq
     from metaedge.deploy.qdq import check_qdq_fusion
 
+    assert cfg.quant is not None  # the export stage quantizes only when quant is enabled
     wbits, abits = cfg.quant.weight_bits, cfg.quant.act_bits
+    kd: dict[str, Any] = {} if cfg.quant_kd is None else {"kd_alpha": cfg.quant_kd}
     qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits),
-                   profile=profile, layer_bits=cfg.quant_layer_bits, **({} if cfg.quant_kd is None else {"kd_alpha": cfg.quant_kd}))
+                   profile=profile, layer_bits=cfg.quant_layer_bits, **kd)
     layer_bits = mq.parse_bit_policy(qcfg.layer_bits).to_spec()
     run.log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.effective_weight_quantizer} weights, layer bits {layer_bits}), "
             f"{profile} QDQ profile ({why}), preset {cfg.quant_preset}")
@@ -436,6 +446,7 @@ def _stage_export(run: _Run, fp32_model: nn.Module, upstream_key: str) -> Path:
     run.log(f"export: {onnx_path} passed the parity gate (max abs err {parity['max_abs_err']:.2e}, top-1 agreement {parity['top1_agreement']:.4f})")
     cost = count_cost(fp32_model, data.input_shape)
     base = run.manifest.stages.baseline
+    assert base is not None  # the baseline stage ran first
     run.save(export=ExportSection(cfg.export.opset, parity), cost=CostSection(cost.macs, cost.params, base.macs, base.params),
              final=FinalStage(Accuracy(test=_onnx_accuracy(onnx_path, data)), file_sha256(onnx_path)))
     return onnx_path

@@ -137,7 +137,7 @@ def test_sweep_two_budgets_one_pruningnet_resume_after_kill_and_pick(tmp_path):
 
 def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
     from metaedge.config import PipelineConfig
-    from metaedge.pipeline import _shared_band, _shared_pn_tag
+    from metaedge.pipeline import _shared_band
     from metaedge.sweep.config import SweepConfig
     from metaedge.sweep.plan import plan_points, point_config, point_groups
 
@@ -147,8 +147,8 @@ def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
     assert points[0].name == "baseline" and len(points) == 1 + 2 * 2 * 2
     assert [len(g) for g in point_groups(points)] == [1, 2, 2, 2, 2]  # one group per pruner and budget: its quant variants in turn
     mp = [point_config(cfg, p, tmp_path) for p in points if p.pruner == "metapruning"]
-    assert {c.pruningnet_budgets for c in mp} == {("2ms", "500us")} and {c.prune_latency for c in mp} == {"2ms", "500us"}
-    assert len({_shared_pn_tag(c) for c in mp}) == 1
+    assert {c.pruningnet_budgets for c in mp} == {("2ms", "500us")} and {str(c.prune_latency) for c in mp} == {"2ms", "500us"}
+    assert len({_shared_band(c, 1) for c in mp}) == 1  # one band, so one shared PruningNet checkpoint
     assert _shared_band(mp[0], 1) == pytest.approx((0.45, 2.0))  # Band.around: 10% under the smallest budget, up to the largest
     uniform = point_config(cfg, points[-1], tmp_path)
     assert uniform.pruningnet_budgets is None and uniform.pruner == "uniform" and uniform.out == str(tmp_path / "points" / points[-1].name)
@@ -156,3 +156,5 @@ def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
     assert not base.prune_enabled and not base.latency_budget_enabled and not base.quant_enabled
     with pytest.raises(MetaedgeError, match="serves --pruner metapruning alone"):
         PipelineConfig(pruner="uniform", pruningnet_budgets=("0.5",))
+    with pytest.raises(MetaedgeError, match="is a fraction"):
+        PipelineConfig(targets=("x86",), prune_macs=None, prune_latency="2ms", pruningnet_budgets=("2ms", "0.5"))

@@ -109,6 +109,7 @@ def summary_table(manifest: Manifest):
     for col in ("stage", "val acc", "test acc", "MACs", "params", "ORT p50 ms", "eager p50 ms"):
         t.add_column(col, justify="right" if col != "stage" else "left")
     base = stages.baseline
+    assert base is not None and cost is not None and stages.final is not None  # a finished run's manifest
     t.add_row("baseline fp32", _pct(base.accuracy.val), _pct(base.accuracy.test), format_count(base.macs), format_count(base.params), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
     if stages.prune is not None:
         pr = stages.prune

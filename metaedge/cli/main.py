@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from types import ModuleType
+from typing import NoReturn, Sequence
 
 from metaedge import __version__
 from metaedge.errors import EXIT_USAGE, MetaedgeError
@@ -15,16 +16,16 @@ COMMANDS = ("compress", "sweep", "info", "export", "profile", "targets", "tune",
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line, exit 2
         self.exit(EXIT_USAGE, f"metaedge: error: {message}; run `{self.prog} --help`\n")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     parser = _Parser(prog="metaedge", description="Compress a PyTorch CNN and ship it to embedded targets.")
     parser.add_argument("--version", action="version", version=f"metaedge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    modules: dict[str, object] = {}
+    modules: dict[str, ModuleType] = {}
     for name in COMMANDS:
         try:
             mod = importlib.import_module(f"metaedge.cli.{name}")

@@ -5,9 +5,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metaedge.cli._common import check_onnx_file
 from metaedge.errors import MetaedgeError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["add_parser", "run"]
 
@@ -85,7 +89,9 @@ class _Progress:
     """A rich progress bar on a terminal; a line a minute otherwise (CI logs, nohup)."""
 
     def __init__(self, budget: int) -> None:
-        self.budget, self.bar, self.task, self.last = budget, None, None, 0.0
+        self.budget, self.last = budget, 0.0
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> "_Progress":
         if sys.stderr.isatty():
@@ -100,6 +106,7 @@ class _Progress:
     def update(self, p) -> None:
         best = "" if p.best_ms is None else f"best {p.best_ms:.3f} ms"
         if self.bar is not None:
+            assert self.task is not None  # added with the bar
             self.bar.update(self.task, completed=p.trials, total=p.budget, best=best)
         elif time.time() - self.last > 60:
             self.last = time.time()

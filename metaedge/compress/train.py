@@ -41,7 +41,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def make_sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """Nesterov SGD without weight decay on BN parameters and biases (1-D tensors)."""
-    decay, no_decay = [], []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)

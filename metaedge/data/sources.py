@@ -69,8 +69,8 @@ def _image_folder(root: Path, in_chans: int | None) -> tuple[np.ndarray, np.ndar
             if not f.is_file():
                 continue
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode)
+                with Image.open(f) as src:
+                    im = src.convert(mode)
                     size = size or im.size
                     arr = np.asarray(im.resize(size), dtype=np.float32) / 255.0
             except (UnidentifiedImageError, OSError) as exc:
@@ -183,6 +183,7 @@ def load_data(cfg: DataConfig = DataConfig()) -> DataSplits:
     tests = []
     if raw.x_test is not None:
         check_images(raw.x_test, f"{raw.name} (test)")
+        assert raw.y_test is not None  # every source gives test images and labels together
         y_test = integer_labels(raw.y_test, f"{raw.name} (test)")
         if len(y_test) and (y_test.min() < 0 or y_test.max() >= num_classes):
             raise MetaedgeError(f"{raw.name}: test labels span {y_test.min()}..{y_test.max()} but train has classes 0..{num_classes - 1}", "use train and test files of the same dataset")

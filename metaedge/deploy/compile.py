@@ -90,6 +90,7 @@ def _measure_one(compiled: CompiledModel, target: Target, xs: np.ndarray, ref: n
     except NotMeasurable as exc:
         return {"status": "compiled", "reason": exc.one_line()}
     res = runner.measure(MeasureInput(compiled, xs))
+    assert res.outputs is not None  # MeasureInput.inputs given: the outputs come back
     parity = _parity(ref, res.outputs, tolerance, step)
     return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity.to_dict(), "measured_on": res.measured_on,
             "parity_pass": parity.passed}

@@ -34,7 +34,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str,
     import onnx
 
     path = Path(path)
-    model = model.eval().to(memory_format=torch.contiguous_format)
+    model = model.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to takes memory_format; its stub overloads omit it
     example = example_input[:1].contiguous()
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter is chatty (progress lines, warnings for benign fallbacks): keep the CLI quiet.
@@ -57,6 +57,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str,
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise MetaedgeError(f"torch.onnx.export failed for this model ({first[:200]})", "run with --debug for the exporter's trace; data-dependent control flow must be removed for export") from exc
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
     too_big = proto.ByteSize() > _PROTOBUF_LIMIT
     with atomic_path(path) as tmp:

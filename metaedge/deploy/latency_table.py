@@ -92,7 +92,7 @@ def layer_onnx(spec: Any, path: Path | str) -> tuple[int, ...]:
         # Recover symmetric padding from the shapes: out = floor((in + 2p - k) / s) + 1.
         ph = max(0, -(-((oh - 1) * sh + kh - ih) // 2))
         pw = max(0, -(-((ow - 1) * sw + kw - iw) // 2))
-        in_shape = (1, cin, ih, iw)
+        in_shape: tuple[int, ...] = (1, cin, ih, iw)
         inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin // g, kh, kw), dtype=np.float32) * 0.1, "w"))
         # Always with a bias: a following BatchNorm folds into one at export.
         inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))

@@ -239,7 +239,9 @@ def check_tensorrt_qdq(model_or_path) -> TrtQdqReport:
             out.append(Violation("TRT008", name, "data or weight input does not come from DequantizeLinear"))
         else:
             int8_layers += 1
-            wq = g.producer.get(ins[1].input[0])
+            w_dq = ins[1]
+            assert w_dq is not None  # the any() above
+            wq = g.producer.get(w_dq.input[0])
             if wq is not None and wq.op_type == "QuantizeLinear":  # (a quantized activation as weight is fine: MatMul)
                 if g.is_const(wq.input[0]) and g.const_types.get(wq.input[0]) not in _FLOATS:
                     out.append(Violation("TRT008", name, "weight Q reads a non-float constant"))

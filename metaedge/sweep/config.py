@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
 from metaedge.config import PRUNERS, PipelineConfig
 from metaedge.errors import MetaedgeError
@@ -85,7 +86,8 @@ class SweepConfig:
             raise MetaedgeError("--prune-latency needs a target to measure on", "add --target NAME (e.g. --target rpi4 --device host:port/key)")
         # now rather than after the baseline trained
         for q in self.quants:
-            replace(self.base, quant=q)  # PipelineConfig parses and checks the spec (and the targets)
+            kw: dict[str, Any] = {"quant": q}
+            replace(self.base, **kw)  # PipelineConfig parses and checks the spec (and the targets)
 
     @property
     def frontier_target(self) -> str | None:

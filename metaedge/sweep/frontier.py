@@ -42,6 +42,7 @@ def _chosen_latency(manifest: dict[str, Any], target: str | None) -> tuple[float
     entry = section.get(chosen) if chosen else None
     p50 = ((entry or {}).get("latency") or {}).get("p50_ms")
     if p50:
+        assert entry is not None  # p50 came from it
         return float(p50), f"{target}/{chosen} ({entry.get('measured_on', 'local')})"
     ort = (manifest.get("latency") or {}).get("onnxruntime", {}).get("p50_ms")
     if not ort:

@@ -23,6 +23,7 @@ def choose_point(rows: list[FrontierRow], max_ms: float | None = None, min_acc: 
             raise MetaedgeError(f"no point runs within {max_ms:.3f} ms (the fastest, {fastest.point}, takes {fastest.latency_ms:.3f} ms)",
                                 "raise --pick, or add smaller budgets to the sweep")
         return max(fits, key=lambda r: (r.test_acc, -r.latency_ms))
+    assert min_acc is not None  # exactly one of the two, checked above
     fits = [r for r in rows if r.test_acc >= min_acc]
     if not fits:
         best = max(rows, key=lambda r: r.test_acc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from metaedge.config import PipelineConfig
 from metaedge.sweep.config import SweepConfig
@@ -59,10 +60,11 @@ def point_groups(points: list[SweepPoint]) -> list[list[SweepPoint]]:
 
 def point_config(cfg: SweepConfig, point: SweepPoint, root: Path) -> PipelineConfig:
     """A normal `metaedge compress` configuration writing the point's own artifact folder."""
-    base = replace(cfg.base, out=str(root / "points" / point.name), quant=point.quant, prune_macs=None, prune_latency=None,
-                   lowrank="off", pruningnet_budgets=None)
+    kw: dict[str, Any] = {"quant": point.quant}  # a spec as written: PipelineConfig parses it
+    base = replace(cfg.base, out=str(root / "points" / point.name), prune_macs=None, prune_latency=None,
+                   lowrank="off", pruningnet_budgets=None, **kw)
     if point.pruner is None:
         return base
-    budget = {"prune_macs": point.budget} if cfg.budget_kind == "macs" else {"prune_latency": point.budget}
-    shared = {"pruningnet_budgets": cfg.budgets} if point.pruner == "metapruning" else {}
+    budget: dict[str, Any] = {"prune_macs": point.budget} if cfg.budget_kind == "macs" else {"prune_latency": point.budget}
+    shared: dict[str, Any] = {"pruningnet_budgets": cfg.budgets} if point.pruner == "metapruning" else {}
     return replace(base, pruner=point.pruner, **budget, **shared)

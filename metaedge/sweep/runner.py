@@ -64,7 +64,8 @@ def _run_point(cfg: PipelineConfig, name: str, quiet: bool) -> dict[str, Any]:
     from metaedge.pipeline import run_pipeline
 
     shutil.rmtree(cfg.out, ignore_errors=True)  # half-written or stale: nothing in it is reused
-    return run_pipeline(cfg, log=lambda m: print(f"[{name}] {m}", flush=True), quiet=quiet).manifest
+    res = run_pipeline(cfg, log=lambda m: print(f"[{name}] {m}", flush=True), quiet=quiet)
+    return json.loads((res.out_dir / MANIFEST_NAME).read_text())  # as written (with files), like a reused point's
 
 
 def _worker_init(threads: int) -> None:

@@ -194,7 +194,10 @@ def prune_model(
             best = max(r["accuracy"] for r in records) if records else float("nan")
             bar.update(task, advance=1, info=f"{len(records)} candidates, best {best:.3f}")
 
-        res = evolutionary_search(space, cost_fn, budget, lambda w, pn=pn: score_candidate(pn, w, recalib, data.val, info),
+        def score(w: dict[str, int], pn: PruningNet = pn) -> dict:
+            return score_candidate(pn, w, recalib, data.val, info)
+
+        res = evolutionary_search(space, cost_fn, budget, score,
                                   search_log, scfg, describe=describe, write=info.is_main, on_generation=on_gen)
     seconds["search"] = round(time.perf_counter() - t, 2)
 

@@ -25,7 +25,7 @@ import math
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,8 +50,9 @@ def _translation_table() -> dict:
 
 
     def _scalars(scale: float, zero_point: int, quant_min: int):
-        s = op.Constant(value=ir.tensor(np.array(scale, dtype=np.float32)))
-        z = op.Constant(value=ir.tensor(np.array(zero_point, dtype=np.int8 if quant_min < 0 else np.uint8)))
+        # onnxscript's opset stubs say TensorProto; the exporter's tracer takes the ir.Tensor
+        s = op.Constant(value=ir.tensor(np.array(scale, dtype=np.float32)))  # type: ignore[arg-type]
+        z = op.Constant(value=ir.tensor(np.array(zero_point, dtype=np.int8 if quant_min < 0 else np.uint8)))  # type: ignore[arg-type]
         return s, z
 
     def quantize_per_tensor(input, scale: float, zero_point: int, quant_min: int, quant_max: int, dtype):  # noqa: A002
@@ -143,7 +144,9 @@ def export_qdq(qmodel: nn.Module, example_input: torch.Tensor, path: Path | str,
         raise MetaedgeError(f"QDQ export failed ({first[:200]})", "the model must be traceable by torch.export; see the exporter's trace with --debug") from exc
     finally:
         set_export_mode(qmodel, False)
+    assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
+    rewrite: dict[str, Any]
     biases, rewrite, trt = 0, {}, None
     if profile == "ort":
         biases = quantize_biases(proto)
@@ -201,7 +204,7 @@ def _output_step(qmodel: nn.Module) -> tuple[float | None, str | None]:
     if graph is not None:
         out = next((n for n in graph.nodes if n.op == "output"), None)
         src = out.args[0] if out is not None else None
-        if getattr(src, "op", None) == "call_module":
+        if src is not None and getattr(src, "op", None) == "call_module":
             mod = qmodel.get_submodule(str(src.target))
             if mod in act_quantizers(qmodel):
                 return mod.qparams()[0], "output quantizer scale"
@@ -223,7 +226,7 @@ def check_qdq_parity(
     :mod:`metaedge.parity` (errors in steps of the logits' quantizer; ``atol`` replaces the max
     bound by an absolute one). ``profile`` (default: the model's) picks the ORT session (see
     ort_session)."""
-    profile = profile or getattr(qmodel, "qdq_profile", "ort")
+    profile = profile or cast(str, getattr(qmodel, "qdq_profile", "ort"))
     x = inputs.contiguous().float()
     with torch.no_grad():
         ref = qmodel.eval()(x).numpy()

@@ -87,14 +87,14 @@ class QATConfig:
             raise MetaedgeError(f"unknown QAT optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
 
 
-def _make_optimizer(name: str, weights: list[nn.Parameter], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def _make_optimizer(name: str, weights: list[torch.Tensor], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)  # QATConfig admits only OPTIMIZERS
 
 
-def _update_of(opt: torch.optim.Optimizer, p: nn.Parameter, grad: torch.Tensor, lr: float) -> torch.Tensor:
+def _update_of(opt: torch.optim.Optimizer, p: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
     """The step ``opt`` will take on ``p`` for ``grad``, differentiable in ``grad`` (MetaQuant's W_meta)."""
     if isinstance(opt, torch.optim.Adam):
         group = opt.param_groups[0]

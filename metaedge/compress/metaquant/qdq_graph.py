@@ -190,7 +190,7 @@ def to_tensorrt(model) -> dict[str, int]:
         base = init.name.replace("/", "_")
         w_name, zp_name, q_name = f"{base}.float", f"{base}.zero_point", f"{base}.quantized"
         graph.initializer.extend([numpy_helper.from_array(w, w_name), numpy_helper.from_array(np.zeros(scale.shape, np.int8), zp_name)])
-        attrs = {"axis": axis} if scale.ndim >= 1 else {}  # a 1-D scale (even of one channel) is per-axis
+        attrs: dict[str, Any] = {"axis": axis} if scale.ndim >= 1 else {}  # a 1-D scale (even of one channel) is per-axis
         new_nodes[idx] = [helper.make_node("QuantizeLinear", [w_name, node.input[1], zp_name], [q_name], name=f"{base}.quantize", **attrs)]
         node.input[0] = q_name
         if len(node.input) > 2:

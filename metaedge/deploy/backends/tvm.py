@@ -23,12 +23,12 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from metaedge.artifacts import atomic_path, atomic_write_json, file_sha256
-from metaedge.deploy.backends.base import Backend, CompiledModel, register_backend
+from metaedge.deploy.backends.base import Backend, CompiledModel, LoadedArtifact, register_backend
 from metaedge.errors import MetaedgeError
 from metaedge.latency import LatencyStats, TimingConfig, summarize
 from metaedge.onnx_graph import onnx_input_spec
@@ -370,8 +370,9 @@ class TvmBackend(Backend):
             )
         return TvmRunner(compiled.path, compiled.extra.get("device", "cpu"), threads)
 
-    def time(self, runner: TvmRunner, x: np.ndarray, config: TimingConfig = TimingConfig()) -> LatencyStats:
-        return time_vm(runner.vm, runner.dev, runner._tensor(x), config)
+    def time(self, runner: LoadedArtifact, x: np.ndarray, config: TimingConfig = TimingConfig()) -> LatencyStats:
+        tvm_runner = cast(TvmRunner, runner)  # load() made it
+        return time_vm(tvm_runner.vm, tvm_runner.dev, tvm_runner._tensor(x), config)
 
 
 def _int8_note(onnx_path: Path) -> str | None:

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Callable
 
 from metaedge.errors import MetaedgeError
@@ -67,7 +68,8 @@ def _cheap_inspect_stack():
     real = inspect.stack
 
     def stack(context: int = 1):
-        frame, frames = sys._getframe(1), []
+        frame: FrameType | None = sys._getframe(1)
+        frames: list[inspect.FrameInfo] = []
         while frame is not None:
             code = frame.f_code
             line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals) if context else ""

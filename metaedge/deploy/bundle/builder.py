@@ -95,7 +95,8 @@ def _apply_pins(reqs: list[str], pins: tuple[str, ...]) -> list[str]:
 def _pick_model(root: Path, manifest: dict[str, Any], target: BundleTarget, backend: str) -> Path:
     if backend == "tvm":
         compiled = (manifest.get("compiled") or {}).get(target.name) or {}
-        rec = compiled.get("tvm") if isinstance(compiled.get("tvm"), dict) else {}
+        tvm_rec = compiled.get("tvm")
+        rec: dict[str, Any] = tvm_rec if isinstance(tvm_rec, dict) else {}
         if rec.get("parity_pass") is False:  # the compile stage's verdict under metaedge.parity's rule
             parity = rec.get("parity") or {}
             raise MetaedgeError(f"the TVM library for {target.name} failed the parity check at compile "
@@ -325,6 +326,7 @@ def build_bundle(bundle: Bundle, docker: str = "docker", base_image: str | None 
     if reason:
         raise MetaedgeError(f"cannot build the bundle: {reason}", "start Docker (tools/docker/start_dockerd.sh) or drop --build and run README.md's command")
     exe = shutil.which(docker) if os.sep not in docker else docker
+    assert exe is not None  # docker_reachable found it
     env = dict(env if env is not None else os.environ)
     foreign = bundle.target.platform != {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(host_platform.machine())
     args = [exe]

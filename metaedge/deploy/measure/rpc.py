@@ -8,13 +8,14 @@ pulling inputs from a shared queue; results come back in input order.
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -104,11 +105,15 @@ class RpcRunner(Runner):
         rlib = call_with_deadline(lambda: sess.load_module(remote_name), step, "loading the library", spec)
         dev = sess.cuda(0) if art.extra.get("device", "cpu") == "cuda" else sess.cpu(0)
         vm = call_with_deadline(lambda: relax.VirtualMachine(rlib, dev), step, "creating the VM", spec)
-        xts = [call_with_deadline(lambda s=s: tvm.runtime.tensor(s, dev), step, "sending the input", spec)
+        xts = [call_with_deadline(functools.partial(tvm.runtime.tensor, s, dev), step, "sending the input", spec)
                for s in samples_of(inp)]
+
+        def run_main(t: Any) -> np.ndarray:
+            return first_output(vm["main"](t))
+
         outputs = None
         if inp.inputs is not None:
-            outputs = np.stack([call_with_deadline(lambda t=t: first_output(vm["main"](t)), step, "running the model", spec)
+            outputs = np.stack([call_with_deadline(functools.partial(run_main, t), step, "running the model", spec)
                                 for t in xts])
         latency = call_with_deadline(lambda: time_vm(vm, dev, xts[0], cfg.timing), step, "timing the model", spec)
         return MeasureResult(latency, outputs, str(spec), time.perf_counter() - t0, inp.tag)

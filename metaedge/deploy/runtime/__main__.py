@@ -101,10 +101,10 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     if failure:
-        exc = failure[0]
-        if isinstance(exc, MetaedgeError):
-            raise exc
-        print(f"error: loading the model failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        err = failure[0]
+        if isinstance(err, MetaedgeError):
+            raise err
+        print(f"error: loading the model failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -86,7 +86,7 @@ def _compiled_file(root: Path, name: str, section: Mapping[str, Any], backend: s
         if recorded is not None and recorded.suffix in (".engine", ".plan") and recorded.is_file():
             return recorded
         # Deferred: the engine is built from the ONNX at first start (and cached).
-        cands = [root / "compiled" / name / "tensorrt" / "model.onnx", root / "model.onnx"]
+        cands: List[Optional[Path]] = [root / "compiled" / name / "tensorrt" / "model.onnx", root / "model.onnx"]
     elif backend == "onnxruntime":
         cands = [recorded, root / "model.onnx"]
     else:
@@ -141,21 +141,21 @@ def choose_model(root: Path, manifest: Mapping[str, Any], backend: Optional[str]
         if backend is None and not importable(want):
             skipped.append(f"{name} chose {want}, which is not installed here")
             continue
-        path = _compiled_file(root, name, section, want)
-        if path is None:
+        found = _compiled_file(root, name, section, want)
+        if found is None:
             if backend is None:
                 skipped.append(f"{name} chose {want} but its artifact is missing")
             continue
-        arch = _foreign_library(path, want, host)
+        arch = _foreign_library(found, want, host)
         if arch is not None:  # the manifest says one thing, the file another: trust the file
-            skipped.append(f"{_rel(root, path)} is an {arch} library")
+            skipped.append(f"{_rel(root, found)} is an {arch} library")
             continue
         if backend is None:
             why = f"the compile stage chose it for target {name} ({section.get('chosen_by', 'no reason recorded')})"
         else:
             why = f"--backend {backend}, compiled for target {name}"
         passed_over = "".join(f"{note}; " for note in skipped)
-        return Choice(path, want, f"{passed_over}{why}; {name} runs on this {host.arch} machine", name)
+        return Choice(found, want, f"{passed_over}{why}; {name} runs on this {host.arch} machine", name)
     return _fallback(root, manifest, backend, host, importable, others, skipped)
 
 

@@ -145,6 +145,7 @@ class _CudaRT:
     def malloc(self, nbytes: int) -> int:
         ptr = self.ct.c_void_p()
         self._check(self.lib.cudaMalloc(self.ct.byref(ptr), nbytes), "cudaMalloc")
+        assert ptr.value is not None  # cudaMalloc succeeded
         return int(ptr.value)
 
     def h2d(self, dst: int, src: np.ndarray) -> None:

@@ -40,8 +40,9 @@ def load_image(source: str | Path | bytes, spec: ModelSpec) -> np.ndarray:
     if c not in (1, 3):
         raise InputError(f"images can only feed 1- or 3-channel models, this one takes {c} channels; send .npy")
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        img: Image.Image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        # Image.BILINEAR is set at import (setattr), so the stubs miss it; Image.Resampling needs Pillow >= 9.1 (distribution Pillow is older)
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)  # type: ignore[attr-defined]
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"cannot read image ({exc})") from None
     arr = np.asarray(img, dtype=np.float32) / 255.0
