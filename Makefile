@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: demo test venv bench clean system cross
+.PHONY: demo test lint venv bench clean system cross
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +24,13 @@ cross: $(STAMP)
 system:
 	bash tools/setup_system.sh
 
-test: $(STAMP) system
+# lint + format check + type check first: seconds, and a failure there needs no 15-minute suite to find
+lint: $(STAMP)
+	$(BIN)/ruff check metaedge tests bench tools
+	$(BIN)/ruff format --check metaedge tests bench tools
+	$(BIN)/mypy
+
+test: $(STAMP) system lint
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -5,6 +5,7 @@
 Both runtimes time the same input in the same process, one after the other, so the ratio is
 measured side by side. Prints a table (and writes bench/results/eager_vs_ort.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,28 @@ def main() -> None:
             cost = count_cost(model, shape)
             eager = time_torch_eager(model, x, timing)
             ort = time_onnxruntime(path, x.numpy(), timing)
-            rows.append({"model": name, "input": "x".join(map(str, shape[1:])), "note": note, "macs": cost.macs, "params": cost.params,
-                         "eager_p50_ms": eager.p50_ms, "eager_p90_ms": eager.p90_ms, "ort_p50_ms": ort.p50_ms, "ort_p90_ms": ort.p90_ms,
-                         "eager_over_ort": eager.p50_ms / ort.p50_ms})
+            rows.append(
+                {
+                    "model": name,
+                    "input": "x".join(map(str, shape[1:])),
+                    "note": note,
+                    "macs": cost.macs,
+                    "params": cost.params,
+                    "eager_p50_ms": eager.p50_ms,
+                    "eager_p90_ms": eager.p90_ms,
+                    "ort_p50_ms": ort.p50_ms,
+                    "ort_p90_ms": ort.p90_ms,
+                    "eager_over_ort": eager.p50_ms / ort.p50_ms,
+                }
+            )
     header = f"{'model':<17}{'input':<11}{'MACs':>9}{'params':>9}{'eager p50':>11}{'ORT p50':>10}{'eager/ORT':>11}"
     print(f"PyTorch eager vs ONNX Runtime fp32, batch 1, 1 thread, p50 of {args.repeats} runs (ms)")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['model']:<17}{r['input']:<11}{format_count(r['macs']):>9}{format_count(r['params']):>9}{r['eager_p50_ms']:>11.3f}{r['ort_p50_ms']:>10.3f}{r['eager_over_ort']:>10.2f}x")
+        print(
+            f"{r['model']:<17}{r['input']:<11}{format_count(r['macs']):>9}{format_count(r['params']):>9}{r['eager_p50_ms']:>11.3f}{r['ort_p50_ms']:>10.3f}{r['eager_over_ort']:>10.2f}x"
+        )
     out = Path(__file__).parent / "results" / "eager_vs_ort.json"
     atomic_write_json(out, {"timing": vars(args), "torch": torch.__version__, "rows": rows})
     print(f"\nwrote {out}")

@@ -23,6 +23,7 @@ Run:  python bench/headline.py --quick    (smoke run on digits: tiny schedules, 
                                            finished points and the caches)
 Writes bench-out/headline/ (sweeps, caches: git-ignored) and bench/results/headline[_quick].json, .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,21 +94,34 @@ def _peer_chain(base_cfg: PipelineConfig, baseline: torch.nn.Module, data, macs:
     check_parity(small, fp32, x, base_cfg.export)
     calib = data.train.tensors[0]
     int8 = quantize_ptq(fp32, work / "tp_l1_int8.onnx", [calib[i : i + 32].numpy() for i in range(0, min(len(calib), 256), 32)])
-    return {"onnx": str(int8), "macs": count_cost(small, data.input_shape).macs, "test_acc": _onnx_accuracy(int8, data),
-            "fp32_test_acc": _onnx_accuracy(fp32, data)}
+    return {
+        "onnx": str(int8),
+        "macs": count_cost(small, data.input_shape).macs,
+        "test_acc": _onnx_accuracy(int8, data),
+        "fp32_test_acc": _onnx_accuracy(fp32, data),
+    }
 
 
 def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
     out = Path(args.out) / arch
     base_cfg = PipelineConfig(
-        model=arch, out=str(out / "sweep"), cache_dir=str(Path(args.out) / "cache"), prune_preset=args.prune_preset, quant_preset=args.quant_preset,
-        targets=("x86",), backend="onnxruntime", timing=timing,
+        model=arch,
+        out=str(out / "sweep"),
+        cache_dir=str(Path(args.out) / "cache"),
+        prune_preset=args.prune_preset,
+        quant_preset=args.quant_preset,
+        targets=("x86",),
+        backend="onnxruntime",
+        timing=timing,
         data=DataConfig(source=args.data, input_size=args.input_size, train_subset=args.train_subset, seed=0),
         train=TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05),
     )
     t0 = time.perf_counter()
-    sweep = run_sweep(SweepConfig(base=base_cfg, budget_kind="macs", budgets=tuple(args.budgets.split(",")), quants=tuple(args.quant.split(","))),
-                      log=lambda m: print(f"  {arch}: {m}", flush=True), quiet=True)
+    sweep = run_sweep(
+        SweepConfig(base=base_cfg, budget_kind="macs", budgets=tuple(args.budgets.split(",")), quants=tuple(args.quant.split(","))),
+        log=lambda m: print(f"  {arch}: {m}", flush=True),
+        quiet=True,
+    )
     base_row = next(r for r in sweep.rows if r.pruner == "none")
     best, within = _best_within(sweep.rows, base_row, args.tolerance)
     base_dir, best_dir = sweep.root / "points" / base_row.point, sweep.root / "points" / best.point
@@ -129,10 +143,23 @@ def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
 
     result = {
         "arch": arch,
-        "baseline": {"test_acc": base_row.test_acc, "ort_fp32_ms": base_ms, "eager_ms": eager_ms, "onnx_bytes": base_bytes, "macs": base_row.macs,
-                     "eager_over_ort": eager_ms / base_ms},
-        "metaedge": {"point": best.point, "within_tolerance": within, "test_acc": best.test_acc, "ort_ms": best_ms, "macs": best.macs,
-                     "onnx_bytes": (best_dir / "model.onnx").stat().st_size, **ratios(best_ms, best_dir / "model.onnx")},
+        "baseline": {
+            "test_acc": base_row.test_acc,
+            "ort_fp32_ms": base_ms,
+            "eager_ms": eager_ms,
+            "onnx_bytes": base_bytes,
+            "macs": base_row.macs,
+            "eager_over_ort": eager_ms / base_ms,
+        },
+        "metaedge": {
+            "point": best.point,
+            "within_tolerance": within,
+            "test_acc": best.test_acc,
+            "ort_ms": best_ms,
+            "macs": best.macs,
+            "onnx_bytes": (best_dir / "model.onnx").stat().st_size,
+            **ratios(best_ms, best_dir / "model.onnx"),
+        },
         "frontier": [asdict(r) for r in sweep.rows],
         "pruningnets": sweep.summary["pruningnets"],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -147,30 +174,44 @@ def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
 
 
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"# Headline: {args.data}, one thread, batch 1, ONNX Runtime (x86 here){' (QUICK SMOKE RUN: numbers mean nothing)' if args.quick else ''}",
-             "", (f"Best metaedge point = fastest sweep point within {100 * args.tolerance:.1f} point(s) of the uncompressed test accuracy; "
-                  "peer chain = Torch-Pruning L1 at that point's MACs + the same fine-tune + ONNX Runtime PTQ int8. "
-                  "Speed-ups are over the uncompressed model in ONNX Runtime fp32 and in PyTorch eager."), "",
-             "| network | model | test acc | MACs | ORT ms | speed-up vs ORT fp32 | speed-up vs eager | size reduction |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Headline: {args.data}, one thread, batch 1, ONNX Runtime (x86 here){' (QUICK SMOKE RUN: numbers mean nothing)' if args.quick else ''}",
+        "",
+        (
+            f"Best metaedge point = fastest sweep point within {100 * args.tolerance:.1f} point(s) of the uncompressed test accuracy; "
+            "peer chain = Torch-Pruning L1 at that point's MACs + the same fine-tune + ONNX Runtime PTQ int8. "
+            "Speed-ups are over the uncompressed model in ONNX Runtime fp32 and in PyTorch eager."
+        ),
+        "",
+        "| network | model | test acc | MACs | ORT ms | speed-up vs ORT fp32 | speed-up vs eager | size reduction |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         b, m, p = r["baseline"], r["metaedge"], r["peer"]
-        lines.append(f"| {r['arch']} | uncompressed | {100 * b['test_acc']:.2f}% | {b['macs'] / 1e6:.2f}M | {b['ort_fp32_ms']:.3f} | 1.00x | {b['eager_over_ort']:.2f}x | 1.00x |")
+        lines.append(
+            f"| {r['arch']} | uncompressed | {100 * b['test_acc']:.2f}% | {b['macs'] / 1e6:.2f}M | {b['ort_fp32_ms']:.3f} | 1.00x | {b['eager_over_ort']:.2f}x | 1.00x |"
+        )
         mark = "" if m["within_tolerance"] else " (none within tolerance: most accurate point)"
-        lines.append(f"| {r['arch']} | metaedge {m['point']}{mark} | {100 * m['test_acc']:.2f}% | {m['macs'] / 1e6:.2f}M | {m['ort_ms']:.3f} | "
-                     f"{m['speedup_ort']:.2f}x | {m['speedup_over_eager']:.2f}x | {m['size_reduction']:.2f}x |")
+        lines.append(
+            f"| {r['arch']} | metaedge {m['point']}{mark} | {100 * m['test_acc']:.2f}% | {m['macs'] / 1e6:.2f}M | {m['ort_ms']:.3f} | "
+            f"{m['speedup_ort']:.2f}x | {m['speedup_over_eager']:.2f}x | {m['size_reduction']:.2f}x |"
+        )
         if "ort_ms" in p:
-            lines.append(f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | {100 * p['test_acc']:.2f}% | {p['macs'] / 1e6:.2f}M | {p['ort_ms']:.3f} | "
-                         f"{p['speedup_ort']:.2f}x | {p['speedup_over_eager']:.2f}x | {p['size_reduction']:.2f}x |")
+            lines.append(
+                f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | {100 * p['test_acc']:.2f}% | {p['macs'] / 1e6:.2f}M | {p['ort_ms']:.3f} | "
+                f"{p['speedup_ort']:.2f}x | {p['speedup_over_eager']:.2f}x | {p['size_reduction']:.2f}x |"
+            )
         else:
             lines.append(f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | skipped: {p.get('skipped')} | | | | | |")
     lines += ["", f"Goal: metaedge's best point within 1 point at >= {GOAL_SPEEDUP:.0f}x the baseline's ONNX Runtime speed, ahead of the peer chain."]
     for r in results:
         m, p = r["metaedge"], r["peer"]
         ahead = "ort_ms" in p and m["ort_ms"] < p["ort_ms"] and m["test_acc"] >= p["test_acc"] - args.tolerance
-        lines.append(f"- {r['arch']}: {m['speedup_ort']:.2f}x ORT speed-up {'within' if m['within_tolerance'] else 'NOT within'} tolerance "
-                     f"({'meets' if m['within_tolerance'] and m['speedup_ort'] >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:.0f}x goal); "
-                     f"{'ahead of' if ahead else 'not ahead of'} the peer chain")
+        lines.append(
+            f"- {r['arch']}: {m['speedup_ort']:.2f}x ORT speed-up {'within' if m['within_tolerance'] else 'NOT within'} tolerance "
+            f"({'meets' if m['within_tolerance'] and m['speedup_ort'] >= GOAL_SPEEDUP else 'misses'} the {GOAL_SPEEDUP:.0f}x goal); "
+            f"{'ahead of' if ahead else 'not ahead of'} the peer chain"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -212,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     name = "headline_quick" if q else "headline"
     results_dir = Path(args.results)
-    atomic_write_json(results_dir / f"{name}.json", {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
-                                                     "timing": asdict(timing), "results": results})
+    atomic_write_json(
+        results_dir / f"{name}.json",
+        {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "results")}, "timing": asdict(timing), "results": results},
+    )
     md = markdown(results, args)
     atomic_write_text(results_dir / f"{name}.md", md)
     print(md)

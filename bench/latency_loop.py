@@ -16,6 +16,7 @@ For a zoo CNN and a target (this x86 box, or the emulated ARM64 device through a
 
 Writes a JSON report to $OUT/latency_loop.json (or ./bench-out/latency_loop.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,10 @@ def main() -> int:
         tproc, tport = rpc.start_local_tracker(port=9690)
         procs.append(tproc)
         subprocess.run([str(ROOT / "tools/arm64_device/setup.sh")], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([str(ROOT / "tools/arm64_device/start_device.sh"), "--tracker", f"127.0.0.1:{tport}",
-                        "--key", "arm64-bench", "--port", "9700", "--name", "bench"], check=True)
+        subprocess.run(
+            [str(ROOT / "tools/arm64_device/start_device.sh"), "--tracker", f"127.0.0.1:{tport}", "--key", "arm64-bench", "--port", "9700", "--name", "bench"],
+            check=True,
+        )
         device = f"127.0.0.1:{tport}/arm64-bench"
         rpc.wait_for_servers(device, 1, timeout_s=120)
     try:
@@ -88,8 +91,9 @@ def main() -> int:
 
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as cache_dir:
-            fn = make_latency_fn(target, device, specs=pricer.specs({}), timing=timing,
-                                 cache_path=Path(cache_dir) / "layers.json", width_multipliers=(0.25, 0.5, 0.75, 1.0))
+            fn = make_latency_fn(
+                target, device, specs=pricer.specs({}), timing=timing, cache_path=Path(cache_dir) / "layers.json", width_multipliers=(0.25, 0.5, 0.75, 1.0)
+            )
         table_s = time.perf_counter() - t0
         print(f"[latency_loop] table: {len(fn.table.entries)} layer shapes measured in {table_s:.1f} s", flush=True)
 
@@ -105,21 +109,24 @@ def main() -> int:
             for name, widths in configs:
                 pruned = materialize(model, analysis, l1_keep(model, analysis, widths)).eval() if widths else model
                 onnx_path = Path(work) / f"{name}.onnx"
-                torch.onnx.export(pruned, example, str(onnx_path), input_names=["input"], output_names=["logits"],
-                                  opset_version=17, dynamo=False)
+                torch.onnx.export(pruned, example, str(onnx_path), input_names=["input"], output_names=["logits"], opset_version=17, dynamo=False)
                 c = be.compile(onnx_path, target, Path(work) / name)
                 lat = runner.measure(MeasureInput(c)).latency
                 pred = fn(pricer.specs(widths))
                 macs = pricer.macs(widths)
                 rows.append({"config": name, "macs": int(macs), "predicted_ms": pred, "measured_ms": lat.p50_ms})
-                print(f"[latency_loop] {name:10s} MACs {macs / 1e6:7.2f}M  predicted {pred:8.3f} ms  "
-                      f"measured {lat.p50_ms:8.3f} ms", flush=True)
+                print(f"[latency_loop] {name:10s} MACs {macs / 1e6:7.2f}M  predicted {pred:8.3f} ms  measured {lat.p50_ms:8.3f} ms", flush=True)
         pred = np.array([r["predicted_ms"] for r in rows])
         meas = np.array([r["measured_ms"] for r in rows])
         macs = np.array([r["macs"] for r in rows], dtype=float)
         report = {
-            "model": args.model, "target": target.name, "device": device, "input_shape": list(shape),
-            "table_shapes": len(fn.table.entries), "table_build_s": round(table_s, 1), "rows": rows,
+            "model": args.model,
+            "target": target.name,
+            "device": device,
+            "input_shape": list(shape),
+            "table_shapes": len(fn.table.entries),
+            "table_build_s": round(table_s, 1),
+            "rows": rows,
             "spearman_table_vs_measured": spearman(pred, meas),
             "spearman_macs_vs_measured": spearman(macs, meas),
             "mape_table": float(np.mean(np.abs(pred - meas) / meas)),

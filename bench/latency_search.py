@@ -11,6 +11,7 @@ latency scales with MACs and searches under ``fraction x baseline MACs``, which 
 tool does. Both pruned models are then compiled with TVM and measured on the target; the table says
 which met the budget and at what accuracy. Prints a table, writes bench/results/latency_search.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,7 +76,16 @@ def main() -> None:
         table_s = time.perf_counter() - t0
         budget_ms = args.fraction * base_ms
         base_macs = count_cost(model, shape).macs
-        rows.append({"method": "baseline (unpruned)", "macs": base_macs, "predicted_ms": fn(layer_specs(model, shape)), "measured_ms": base_ms, "test_acc": evaluate(model, test), "seconds": 0.0})
+        rows.append(
+            {
+                "method": "baseline (unpruned)",
+                "macs": base_macs,
+                "predicted_ms": fn(layer_specs(model, shape)),
+                "measured_ms": base_ms,
+                "test_acc": evaluate(model, test),
+                "seconds": 0.0,
+            }
+        )
         runs = {
             "latency table": (replace(PRESETS["demo"], budget_kind="latency", budget=budget_ms), fn),
             "MACs only": (replace(PRESETS["demo"], budget_kind="macs", budget=args.fraction * base_macs), None),
@@ -84,21 +94,25 @@ def main() -> None:
             t1 = time.perf_counter()
             res = prune_model(model, data, cfg, tmp / name.replace(" ", "_"), budget_fn=budget_fn, quiet=True)
             pruned = res.model.eval()
-            rows.append({
-                "method": name,
-                "macs": count_cost(pruned, shape).macs,
-                "predicted_ms": fn(layer_specs(pruned, shape)),
-                "measured_ms": measure(pruned, example, target, args.device, timing, tmp, name.replace(" ", "_")),
-                "test_acc": evaluate(pruned, test),
-                "seconds": time.perf_counter() - t1,
-            })
+            rows.append(
+                {
+                    "method": name,
+                    "macs": count_cost(pruned, shape).macs,
+                    "predicted_ms": fn(layer_specs(pruned, shape)),
+                    "measured_ms": measure(pruned, example, target, args.device, timing, tmp, name.replace(" ", "_")),
+                    "test_acc": evaluate(pruned, test),
+                    "seconds": time.perf_counter() - t1,
+                }
+            )
     where = args.device or "local"
     print(f"MetaPruning under a latency budget of {budget_ms:.3f} ms ({args.fraction:.0%} of the measured baseline) on {target.name} ({where}), TVM, 1 thread")
     print(f"{args.model} width {args.width} on digits {args.hw}x{args.hw}; latency table built and calibrated in {table_s:.0f} s")
     print(f"{'method':<22}{'MACs':>10}{'predicted ms':>14}{'measured ms':>13}{'in budget':>11}{'test acc':>10}{'wall s':>8}")
     for r in rows:
         ok = "-" if r["method"].startswith("baseline") else ("yes" if r["measured_ms"] <= budget_ms else "NO")
-        print(f"{r['method']:<22}{r['macs'] / 1e6:>9.3f}M{r['predicted_ms']:>14.3f}{r['measured_ms']:>13.3f}{ok:>11}{100 * r['test_acc']:>9.2f}%{r['seconds']:>8.0f}")
+        print(
+            f"{r['method']:<22}{r['macs'] / 1e6:>9.3f}M{r['predicted_ms']:>14.3f}{r['measured_ms']:>13.3f}{ok:>11}{100 * r['test_acc']:>9.2f}%{r['seconds']:>8.0f}"
+        )
     out = Path(__file__).parent / "results" / "latency_search.json"
     atomic_write_json(out, {"args": vars(args), "budget_ms": budget_ms, "rows": rows, "seconds": time.perf_counter() - t_start})
     print(f"wrote {out}")

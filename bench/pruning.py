@@ -37,6 +37,7 @@ Run:  python bench/pruning.py --quick            (smoke run: tiny subset, 1 seed
       python bench/pruning.py                    (the table: 3 seeds; resumes from results.json)
 Writes bench-out/pruning/results.json, results.md and accuracy_vs_latency.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,9 @@ def tp_l1(model: nn.Module, x: torch.Tensor, budget: float, multiple: int) -> tu
     def prune(ratio: float) -> nn.Module:
         m = copy.deepcopy(model)
         fc = [mm for mm in m.modules() if isinstance(mm, nn.Linear)][-1]
-        pruner = tp.pruner.MagnitudePruner(m, x[:1], importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                                           ignored_layers=[fc], round_to=multiple)
+        pruner = tp.pruner.MagnitudePruner(
+            m, x[:1], importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio, ignored_layers=[fc], round_to=multiple
+        )
         pruner.step()
         return m
 
@@ -198,13 +200,26 @@ def main(argv: list[str] | None = None) -> int:
         base_acc = evaluate(model, test_loader)
         analysis = analyze_channels(model, data.train.tensors[0][:1], warn=False)
         pricer = Pricer(model, analysis, data.input_shape)
-        cost = lambda w: float(pricer.macs(w))  # noqa: E731
+        cost = lambda w, pricer=pricer: float(pricer.macs(w))  # noqa: E731
         if not any(r["arch"] == arch and r["method"] == "unpruned" for r in rows):
-            rows.append({"arch": arch, "budget": 1.0, "method": "unpruned", "seed": 0, "macs": pricer.base_macs, "params": pricer.base_params,
-                         "test_acc": base_acc, "latency_ms": ort_latency_ms(model, x_par), "seconds": round(time.perf_counter() - t, 1)})
+            rows.append(
+                {
+                    "arch": arch,
+                    "budget": 1.0,
+                    "method": "unpruned",
+                    "seed": 0,
+                    "macs": pricer.base_macs,
+                    "params": pricer.base_params,
+                    "test_acc": base_acc,
+                    "latency_ms": ort_latency_ms(model, x_par),
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
         print(f"{arch}: base test acc {base_acc:.4f}, {pricer.base_macs / 1e6:.2f} MMACs ({time.perf_counter() - t:.0f} s)", flush=True)
         # ResNet-20's residual stages leave few groups: its 5% budget needs finer channel steps
-        multiple = 4 if min(budgets) * pricer.base_macs < cost(WidthSpace(analysis, pcfg.choices, 8).widths(WidthSpace(analysis, pcfg.choices, 8).smallest())) else 8
+        multiple = (
+            4 if min(budgets) * pricer.base_macs < cost(WidthSpace(analysis, pcfg.choices, 8).widths(WidthSpace(analysis, pcfg.choices, 8).smallest())) else 8
+        )
         space = WidthSpace(analysis, pcfg.choices, multiple)
         band = Band.around([b * pricer.base_macs for b in budgets])
         pcfg_arch = replace(pcfg, channel_multiple=multiple, band=(band.lo, band.hi))
@@ -239,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                         extra = {"search_acc": res.search_accuracy, "start": res.init, "start_acc": res.start_accuracy, "phase_seconds": res.seconds}
                         if res.rank_check is not None:
                             extra["rank_check"] = res.rank_check
-                            print(f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures", flush=True)
+                            print(
+                                f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures",
+                                flush=True,
+                            )
                     elif method == "vib":  # gate training as long as the PruningNet's
                         vcfg = replace(VIB_PRESETS["bench"], epochs=pcfg.pruningnet_epochs)
                         res = vib_prune(model, data, replace(pcfg_arch, budget=budget, seed=seed), vcfg, out / f"work_vib_{arch}_{frac}_{seed}", quiet=True)
@@ -297,13 +315,28 @@ def main(argv: list[str] | None = None) -> int:
                         fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
                     small.eval()
                     c = count_cost(small, data.input_shape)
-                    row = {"arch": arch, "budget": frac, "method": method, "seed": seed, "multiple": multiple, "macs": c.macs, "params": c.params,
-                           "budget_use": c.macs / budget, "val_acc": evaluate(small, val_loader), "test_acc": evaluate(small, test_loader),
-                           "latency_ms": ort_latency_ms(small, x_par), "seconds": round(time.perf_counter() - t, 1), **extra}
+                    row = {
+                        "arch": arch,
+                        "budget": frac,
+                        "method": method,
+                        "seed": seed,
+                        "multiple": multiple,
+                        "macs": c.macs,
+                        "params": c.params,
+                        "budget_use": c.macs / budget,
+                        "val_acc": evaluate(small, val_loader),
+                        "test_acc": evaluate(small, test_loader),
+                        "latency_ms": ort_latency_ms(small, x_par),
+                        "seconds": round(time.perf_counter() - t, 1),
+                        **extra,
+                    }
                     rows.append(row)
                     done.add(key)
-                    print(f"  {arch} {frac:.2f} {method:12s} seed {seed}: test {row['test_acc']:.4f} {c.macs / 1e6:.3f} MMACs "
-                          f"({row['budget_use']:.0%} of budget) {row['latency_ms']:.3f} ms  ({row['seconds']:.0f} s)", flush=True)
+                    print(
+                        f"  {arch} {frac:.2f} {method:12s} seed {seed}: test {row['test_acc']:.4f} {c.macs / 1e6:.3f} MMACs "
+                        f"({row['budget_use']:.0%} of budget) {row['latency_ms']:.3f} ms  ({row['seconds']:.0f} s)",
+                        flush=True,
+                    )
                     results_path.write_text(json.dumps(rows, indent=1))
     table = render(rows)
     (out / "results.md").write_text(table + "\n")
@@ -316,21 +349,28 @@ def render(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["arch"], r["budget"], r["method"]), []).append(r)
-    lines = ["| network | MACs budget | method | top-1 test % (mean ± sd) | seeds | MMACs | budget use | params | ORT 1-thread p50 ms | start | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| network | MACs budget | method | top-1 test % (mean ± sd) | seeds | MMACs | budget use | params | ORT 1-thread p50 ms | start | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5, "vib": 6, "tucker": 7, "tucker_mp": 8}
     for (arch, budget, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], order.get(kv[0][2], 9))):
         accs = [r["test_acc"] * 100 for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         use = f"{statistics.mean(r['budget_use'] for r in rs):.1%}" if "budget_use" in rs[0] else ""
         starts = ",".join(sorted({r.get("start", "") for r in rs} - {""}))
-        lines.append(f"| {arch} | {budget:.0%} | {method} | {statistics.mean(accs):.2f} ± {sd:.2f} | {len(rs)} | "
-                     f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | {use} | {statistics.mean(r['params'] for r in rs) / 1e3:.1f}K | "
-                     f"{statistics.mean(r['latency_ms'] for r in rs):.3f} | {starts} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
+        lines.append(
+            f"| {arch} | {budget:.0%} | {method} | {statistics.mean(accs):.2f} ± {sd:.2f} | {len(rs)} | "
+            f"{statistics.mean(r['macs'] for r in rs) / 1e6:.3f} | {use} | {statistics.mean(r['params'] for r in rs) / 1e3:.1f}K | "
+            f"{statistics.mean(r['latency_ms'] for r in rs):.3f} | {starts} | {statistics.mean(r['seconds'] for r in rs):.0f} |"
+        )
     checks = [(r["arch"], r["budget"], r["rank_check"]) for r in rows if "rank_check" in r]
     if checks:
-        lines += ["", "| network | MACs budget | PruningNet rank diagnostic: Spearman (score vs val top-1 after a short fine-tune) | structures | fine-tune epochs |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| network | MACs budget | PruningNet rank diagnostic: Spearman (score vs val top-1 after a short fine-tune) | structures | fine-tune epochs |",
+            "|---|---|---|---|---|",
+        ]
         lines += [f"| {a} | {b:.0%} | {c['spearman']:.3f} | {c['n']} | {c['epochs']} |" for a, b, c in sorted(checks, key=lambda x: (x[0], -x[1]))]
     phases = [(r["arch"], r["budget"], r["phase_seconds"]) for r in rows if "phase_seconds" in r and r["seed"] == 0]
     if phases:

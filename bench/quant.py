@@ -25,6 +25,7 @@ measured side by side in one run (one thread, batch 1, two interleaved rounds, t
     python bench/quant.py --quick      # smoke run: ResNet-20, w8a8 + w1a8, 3 methods, ~5 min on 2 busy cores
     python bench/quant.py              # the full table (hours on a CPU): 3 seeds, 2 models, 5 specs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,13 @@ from metaedge.zoo import create_model  # noqa: E402
 
 # spec name -> (weight bits, weight quantizer)
 SPECS = {"w8a8": (8, "symmetric"), "w4a8": (4, "symmetric"), "w2a8": (2, "symmetric"), "w1a8-bwn": (1, "bwn"), "w1a8-dorefa": (1, "dorefa")}
-METHODS = {"ste": ("ste", "fc"), "lsq": ("lsq", "fc"), "mq-fc": ("metaquant", "fc"), "mq-multifc": ("metaquant", "multifc"), "mq-lstmfc": ("metaquant", "lstmfc")}
+METHODS = {
+    "ste": ("ste", "fc"),
+    "lsq": ("lsq", "fc"),
+    "mq-fc": ("metaquant", "fc"),
+    "mq-multifc": ("metaquant", "multifc"),
+    "mq-lstmfc": ("metaquant", "lstmfc"),
+}
 SWEEP = (("sgd", 0.005), ("sgd", 0.02), ("adam", 1e-4), ("adam", 5e-4))
 QUICK_SWEEP = (("sgd", 0.01), ("adam", 5e-4))
 LSTM_LIMIT = 600_000  # weights; see qat.train_qat
@@ -116,17 +123,43 @@ class Runner:
     def run(self, spec: str, method: str, opt: str, lr: float, seed: int, epochs: int) -> dict:
         bits, wq = SPECS[spec]
         kind, variant = METHODS[method]
-        cfg = QuantConfig(weight_bits=bits, weight_quantizer=wq, method=kind, meta_variant=variant, epochs=epochs, optimizer=opt, lr=lr, seed=seed, calib_batches=8, meta_lr=self.meta_lr)
+        cfg = QuantConfig(
+            weight_bits=bits,
+            weight_quantizer=wq,
+            method=kind,
+            meta_variant=variant,
+            epochs=epochs,
+            optimizer=opt,
+            lr=lr,
+            seed=seed,
+            calib_batches=8,
+            meta_lr=self.meta_lr,
+        )
         wd = self.work / f"{spec}-{method}-{opt}-{lr}-{seed}-{epochs}"
         t0 = time.perf_counter()
-        res = quantize_model(self.model, self.data, cfg, wd, quiet=self.quiet, on_epoch=lambda e, m: {"test_accuracy": evaluate(m, self.test_loader)} if e >= epochs - self.k else {})
+        res = quantize_model(
+            self.model,
+            self.data,
+            cfg,
+            wd,
+            quiet=self.quiet,
+            on_epoch=lambda e, m: {"test_accuracy": evaluate(m, self.test_loader)} if e >= epochs - self.k else {},
+        )
         shutil.rmtree(wd, ignore_errors=True)
         hist = res.history or []
         return {
-            "optimizer": opt, "lr": lr, "seed": seed, "epochs": epochs,
-            "val_last_k": last_k(hist, "val_accuracy", self.k), "test_last_k": last_k(hist, "test_accuracy", self.k),
-            "test_final": res.test_accuracy, "val_final": res.val_accuracy, "calib_val": res.calib_val_accuracy,
-            "seconds": time.perf_counter() - t0, "packed_bytes": res.packed_bytes, "history": hist,
+            "optimizer": opt,
+            "lr": lr,
+            "seed": seed,
+            "epochs": epochs,
+            "val_last_k": last_k(hist, "val_accuracy", self.k),
+            "test_last_k": last_k(hist, "test_accuracy", self.k),
+            "test_final": res.test_accuracy,
+            "val_final": res.val_accuracy,
+            "calib_val": res.calib_val_accuracy,
+            "seconds": time.perf_counter() - t0,
+            "packed_bytes": res.packed_bytes,
+            "history": hist,
             **({"_result": res} if spec == "w8a8" else {}),  # kept for the export; models of other specs are dropped
         }
 
@@ -140,10 +173,18 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
     torch.manual_seed(0)
     model = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans, input_size=data.input_size)
     t0 = time.perf_counter()
-    fit(model, make_loader(data.train, 64, True, drop_last=True), make_loader(data.val, 512, False), TrainConfig(epochs=args.fp32_epochs, lr=0.05, channels_last=False), quiet=True)
+    fit(
+        model,
+        make_loader(data.train, 64, True, drop_last=True),
+        make_loader(data.val, 512, False),
+        TrainConfig(epochs=args.fp32_epochs, lr=0.05, channels_last=False),
+        quiet=True,
+    )
     model.eval()
     test_loader = make_loader(data.test, 512, False)
-    r: dict = {"fp32": {"test": evaluate(model, test_loader), "val": evaluate(model, make_loader(data.val, 512, False)), "train_seconds": time.perf_counter() - t0}}
+    r: dict = {
+        "fp32": {"test": evaluate(model, test_loader), "val": evaluate(model, make_loader(data.val, 512, False)), "train_seconds": time.perf_counter() - t0}
+    }
     n_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     fp32_path, ptq_path = work / f"{name}_fp32.onnx", work / f"{name}_ptq.onnx"
     export_onnx(model, data.train.tensors[0][:1], fp32_path)
@@ -172,7 +213,10 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
             else:
                 sweep_runs = [runner.run(spec, method, opt, lr, 0, args.sweep_epochs) for opt, lr in sweep]
                 for s in sweep_runs:
-                    print(f"  sweep {spec} {method} {s['optimizer']} lr {s['lr']:g}: val(last {args.last_k}) {s['val_last_k']:.4f} ({s['seconds']:.0f}s)", flush=True)
+                    print(
+                        f"  sweep {spec} {method} {s['optimizer']} lr {s['lr']:g}: val(last {args.last_k}) {s['val_last_k']:.4f} ({s['seconds']:.0f}s)",
+                        flush=True,
+                    )
                 best = max(sweep_runs, key=lambda s: s["val_last_k"])
                 sweep_summary = [{k: s[k] for k in ("optimizer", "lr", "val_last_k", "test_last_k", "seconds")} for s in sweep_runs]
                 done = {0: best} if args.sweep_epochs == args.epochs else {}
@@ -181,8 +225,10 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
             r[spec][method] = {
                 "chosen": {"optimizer": best["optimizer"], "lr": best["lr"], "val_last_k": best["val_last_k"]},
                 "sweep": sweep_summary,
-                "test_last_k": [x["test_last_k"] for x in runs], "test_final": [x["test_final"] for x in runs],
-                "seconds": [x["seconds"] for x in runs], "packed_bytes": runs[0]["packed_bytes"],
+                "test_last_k": [x["test_last_k"] for x in runs],
+                "test_final": [x["test_final"] for x in runs],
+                "seconds": [x["seconds"] for x in runs],
+                "packed_bytes": runs[0]["packed_bytes"],
                 "runs": [strip(x) for x in runs],
             }
             if spec == "w8a8" and "_result" in best and (best_w8 is None or statistics.fmean(r[spec][method]["test_last_k"]) > best_w8[0]):
@@ -206,8 +252,13 @@ def export_and_time(name, best_w8, runner: Runner, data, fp32_path: Path, ptq_pa
         path = work / f"{name}_qat_w8a8_{profile}.onnx"
         info = export_qdq(res.model, data.train.tensors[0][:1], path, profile=profile)
         parity = check_qdq_parity(res.model, path, data.val.tensors[0][:1000], raise_on_fail=False)
-        entry = {"torch_test": res.test_accuracy, "ort_test": ort_accuracy(path, data.test, profile), "parity": parity,
-                 "packed_bytes": info["packed_bytes"], "onnx_bytes": path.stat().st_size}
+        entry = {
+            "torch_test": res.test_accuracy,
+            "ort_test": ort_accuracy(path, data.test, profile),
+            "parity": parity,
+            "packed_bytes": info["packed_bytes"],
+            "onnx_bytes": path.stat().st_size,
+        }
         if profile == "ort":
             fusion = check_qdq_fusion(path)
             entry.update(fused=fusion["fused"], int8_kernels=fusion["int8_kernels"])
@@ -215,7 +266,10 @@ def export_and_time(name, best_w8, runner: Runner, data, fp32_path: Path, ptq_pa
             entry["tensorrt_rules"] = check_tensorrt_qdq(path).to_dict()
         out[profile] = entry
         paths[f"qat_{profile}"] = (path, profile)
-        print(f"{name} w8a8 {method} {profile}: ORT test {entry['ort_test']:.4f}, parity max {parity['max_err_steps']:.1f} / mean {parity['mean_err_steps']:.2f} steps, passed {parity['passed']}", flush=True)
+        print(
+            f"{name} w8a8 {method} {profile}: ORT test {entry['ort_test']:.4f}, parity max {parity['max_err_steps']:.1f} / mean {parity['mean_err_steps']:.2f} steps, passed {parity['passed']}",
+            flush=True,
+        )
     timing = TimingConfig(warmup=20, repeats=args.repeats, threads=1)
     x1 = data.val.tensors[0][:1].numpy()
     lat: dict = {}
@@ -260,14 +314,18 @@ def table(results: dict) -> str:
         if not e:
             continue
         lat = e["latency"]
-        lines.append(f"- {name} ({e['method']}): fp32 {lat['fp32']['p50_ms']:.3f}, PTQ int8 {lat['ptq_int8']['p50_ms']:.3f}, "
-                     f"QAT ort {lat['qat_ort']['p50_ms']:.3f}, QAT tensorrt-profile {lat['qat_tensorrt']['p50_ms']:.3f} ms; "
-                     f"speed-up vs fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in e["speedup_vs_fp32"].items()))
+        lines.append(
+            f"- {name} ({e['method']}): fp32 {lat['fp32']['p50_ms']:.3f}, PTQ int8 {lat['ptq_int8']['p50_ms']:.3f}, "
+            f"QAT ort {lat['qat_ort']['p50_ms']:.3f}, QAT tensorrt-profile {lat['qat_tensorrt']['p50_ms']:.3f} ms; "
+            f"speed-up vs fp32: " + ", ".join(f"{k} {v:.2f}x" for k, v in e["speedup_vs_fp32"].items())
+        )
         for prof in ("ort", "tensorrt"):
             p = e[prof]["parity"]
             extra = f"fused {e[prof]['fused']}" if prof == "ort" else f"TensorRT rules passed {e[prof]['tensorrt_rules']['passed']}"
-            lines.append(f"  - {prof} profile: ORT test {100 * e[prof]['ort_test']:.2f}% (torch {100 * e[prof]['torch_test']:.2f}%), parity max {p['max_err_steps']:.1f} / mean {p['mean_err_steps']:.2f} steps "
-                         f"(tolerance {p['max_steps']:g} / {p['mean_steps']:g}), top-1 agreement {p['top1_agreement']:.4f}, {extra}, packed {e[prof]['packed_bytes']} B")
+            lines.append(
+                f"  - {prof} profile: ORT test {100 * e[prof]['ort_test']:.2f}% (torch {100 * e[prof]['torch_test']:.2f}%), parity max {p['max_err_steps']:.1f} / mean {p['mean_err_steps']:.2f} steps "
+                f"(tolerance {p['max_steps']:g} / {p['mean_steps']:g}), top-1 agreement {p['top1_agreement']:.4f}, {extra}, packed {e[prof]['packed_bytes']} B"
+            )
     return "\n".join(lines)
 
 
@@ -290,7 +348,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None, help="latency repeats (default 200; quick 50)")
     ap.add_argument("--no-export", action="store_true", help="skip the QDQ export, parity and latency part")
     ap.add_argument("--meta-lr", type=float, default=None, help=f"MetaQuant's meta-network Adam lr (default {QuantConfig().meta_lr:g})")
-    ap.add_argument("--reuse", default=None, help="results JSON of an earlier run with the same settings: keep its sweeps and runs, run only the missing seeds/methods")
+    ap.add_argument(
+        "--reuse", default=None, help="results JSON of an earlier run with the same settings: keep its sweeps and runs, run only the missing seeds/methods"
+    )
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/quant_fashion_mnist[_quick].json; a .md table beside it)")
     args = ap.parse_args()
     q = args.quick
@@ -317,10 +377,26 @@ def main() -> int:
     command = "python bench/quant.py " + " ".join(sys.argv[1:])
     results: dict = {
         "command": command.strip(),
-        "settings": {"quick": q, "models": args.models.split(","), "specs": specs, "methods": methods, "sweep": [f"{o}:{lr:g}" for o, lr in sweep],
-                     "seeds": seeds, "qat_epochs": args.epochs, "sweep_epochs": args.sweep_epochs, "last_k": args.last_k, "fp32_epochs": args.fp32_epochs,
-                     "train_images": len(data.train), "val_images": len(data.val), "test_images": len(data.test), "input_size": data.input_size,
-                     "kd_alpha": QuantConfig().kd_alpha, "meta_lr": args.meta_lr or QuantConfig().meta_lr, "layer_bits": QuantConfig().layer_bits, "torch_threads": 1},
+        "settings": {
+            "quick": q,
+            "models": args.models.split(","),
+            "specs": specs,
+            "methods": methods,
+            "sweep": [f"{o}:{lr:g}" for o, lr in sweep],
+            "seeds": seeds,
+            "qat_epochs": args.epochs,
+            "sweep_epochs": args.sweep_epochs,
+            "last_k": args.last_k,
+            "fp32_epochs": args.fp32_epochs,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "test_images": len(data.test),
+            "input_size": data.input_size,
+            "kd_alpha": QuantConfig().kd_alpha,
+            "meta_lr": args.meta_lr or QuantConfig().meta_lr,
+            "layer_bits": QuantConfig().layer_bits,
+            "torch_threads": 1,
+        },
         "models": {},
     }
     reuse = json.loads(Path(args.reuse).read_text()) if args.reuse else None

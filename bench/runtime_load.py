@@ -10,6 +10,7 @@ and drives it with ``--clients`` keep-alive clients sending float32 ``.npy`` bat
 tiny CNN whose cost is all per-request overhead) with a dynamic batch axis to a temp dir. Prints requests/s, client-side p50/p99 and the server's own stage percentiles and mean batch.
 The client shares the machine's cores with the server, so absolute numbers are a floor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,13 @@ def _tiny_cnn(channels: int):
     import torch
 
     return torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10),
+        torch.nn.Conv2d(channels, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
     )
 
 
@@ -66,8 +71,7 @@ def export_artifact(name: str, out: Path) -> Path:
     data = (out / "model.onnx").read_bytes()
     manifest = {
         "schema_version": 1,
-        "model": {"name": name, "num_classes": 10, "input_shape": [1, c, h, w], "input_name": "input",
-                  "output_name": "logits"},
+        "model": {"name": name, "num_classes": 10, "input_shape": [1, c, h, w], "input_name": "input", "output_name": "logits"},
         "files": {"model.onnx": {"role": "onnx", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -92,8 +96,13 @@ def npy_jobs(chw: tuple[int, ...], n: int, seed: int = 0) -> list[Job]:
 
 
 def serve(artifact: Path, flags: list[str]) -> tuple[subprocess.Popen, str, int, str]:
-    p = subprocess.Popen([sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact),
-                          "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact), "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     line = p.stdout.readline()
     if "serving" not in line:
         p.kill()
@@ -118,9 +127,13 @@ def run_setting(artifact: Path, chw: tuple[int, ...], name: str, flags: list[str
         rc = p.wait(timeout=30)
     stages = metrics["stages"]
     return {
-        "setting": name, "flags": " ".join(flags) or "(none)", "backend": metrics["backend"], **stats,
+        "setting": name,
+        "flags": " ".join(flags) or "(none)",
+        "backend": metrics["backend"],
+        **stats,
         "server_cpu_ms_per_request": round(cpu_ms, 3),
-        "server_exit": rc, "mean_batch": metrics["batches"]["mean_samples"],
+        "server_exit": rc,
+        "mean_batch": metrics["batches"]["mean_samples"],
         "server_p50_ms": {k: round(v["p50_ms"], 3) for k, v in stages.items() if v},
         "server_p99_ms": {k: round(v["p99_ms"], 3) for k, v in stages.items() if v},
     }
@@ -140,8 +153,10 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     for r in rows:
         p50 = r["server_p50_ms"]
         stages = " / ".join(str(p50.get(k, "-")) for k in ("queue_ms", "inference_ms", "total_ms"))
-        lines.append(f"| {r['model']} | {r['setting']} | {r['requests_per_s']} | {r['good_p50_ms']} | {r['good_p99_ms']} | "
-                     f"{r['mean_batch']:.2f} | {stages} | {r['server_cpu_ms_per_request']} | {r['failed']} |")
+        lines.append(
+            f"| {r['model']} | {r['setting']} | {r['requests_per_s']} | {r['good_p50_ms']} | {r['good_p99_ms']} | "
+            f"{r['mean_batch']:.2f} | {stages} | {r['server_cpu_ms_per_request']} | {r['failed']} |"
+        )
     on = next((r["flags"] for r in rows if r["setting"] == "on"), "")
     return "\n".join(lines + ["", f"Batching on: `{on}`."]) + "\n"
 

@@ -13,6 +13,7 @@ PNG of latency against trials with ONNX Runtime's line.
 Weights are random (latency does not depend on them); the int8 models are calibrated on random
 inputs for the same reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,16 @@ def export_models(arch: str, size: int, work: Path) -> dict[str, Path]:
                 return next(self.batches, None)
 
         # reduce_range: 7-bit weights, as metaedge's `ort` profile, since AVX2 u8s8 kernels saturate.
-        quantize_static(str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True)
+        quantize_static(
+            str(fp32),
+            str(int8),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            reduce_range=True,
+        )
     return {"fp32": fp32, "int8": int8}
 
 
@@ -116,8 +125,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("bench-out/tvm"))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--remeasure", action="store_true",
-                    help="re-time the libraries of an earlier run in --out side by side (no tuning), e.g. on a quiet machine")
+    ap.add_argument(
+        "--remeasure", action="store_true", help="re-time the libraries of an earlier run in --out side by side (no tuning), e.g. on a quiet machine"
+    )
     args = ap.parse_args()
     if args.quick:
         args.archs, args.size, args.trials, args.rounds, args.repeats = "resnet20", 16, "16", 2, 20
@@ -142,10 +152,25 @@ def main() -> int:
                 lib, secs, tuning = compile_tvm(onnx_path, db, 0, work / f"{arch}-{kind}-t0")
             except Exception as exc:  # noqa: BLE001 - record and go on to the next model
                 print(f"{arch} {kind}: TVM failed: {str(exc).splitlines()[0][:300]}", flush=True)
-                rows.append({"arch": arch, "kind": kind, "trials": 0, "tune_s": 0.0, "error": str(exc)[:300],
-                             **side_by_side(onnx_path, None, args.rounds, args.repeats)})
+                rows.append(
+                    {
+                        "arch": arch,
+                        "kind": kind,
+                        "trials": 0,
+                        "tune_s": 0.0,
+                        "error": str(exc)[:300],
+                        **side_by_side(onnx_path, None, args.rounds, args.repeats),
+                    }
+                )
                 continue
-            row = {"arch": arch, "kind": kind, "trials": 0, "tune_s": 0.0, "compile_s": round(secs, 1), **side_by_side(onnx_path, lib, args.rounds, args.repeats)}
+            row = {
+                "arch": arch,
+                "kind": kind,
+                "trials": 0,
+                "tune_s": 0.0,
+                "compile_s": round(secs, 1),
+                **side_by_side(onnx_path, lib, args.rounds, args.repeats),
+            }
             rows.append(row)
             print(f"{arch} {kind} untuned: ORT {row['ort_ms']:.3f} ms, TVM {row['tvm_ms']:.3f} ms", flush=True)
             if kind == "int8" and not args.tune_int8:
@@ -157,11 +182,17 @@ def main() -> int:
                     break
                 lib, secs, tuning = compile_tvm(onnx_path, db, trials, work / f"{arch}-{kind}-t{trials}")
                 spent += float(tuning.get("seconds", 0.0))
-                row = {"arch": arch, "kind": kind, "trials": trials, "tune_s": round(spent, 1), "compile_s": round(secs, 1),
-                       "estimated_ms": tuning.get("estimated_ms"), **side_by_side(onnx_path, lib, args.rounds, args.repeats)}
+                row = {
+                    "arch": arch,
+                    "kind": kind,
+                    "trials": trials,
+                    "tune_s": round(spent, 1),
+                    "compile_s": round(secs, 1),
+                    "estimated_ms": tuning.get("estimated_ms"),
+                    **side_by_side(onnx_path, lib, args.rounds, args.repeats),
+                }
                 rows.append(row)
-                print(f"{arch} {kind} {trials} trials ({spent / 60:.1f} min tuning): ORT {row['ort_ms']:.3f} ms, "
-                      f"TVM {row['tvm_ms']:.3f} ms", flush=True)
+                print(f"{arch} {kind} {trials} trials ({spent / 60:.1f} min tuning): ORT {row['ort_ms']:.3f} ms, TVM {row['tvm_ms']:.3f} ms", flush=True)
                 (args.out / "tvm_vs_ort.json").write_text(json.dumps(rows, indent=1))
     write_results(rows, args)
     return 0
@@ -170,17 +201,22 @@ def main() -> int:
 def write_results(rows: list[dict], args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tvm_vs_ort.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"# TVM vs ONNX Runtime, one thread, batch 1, {args.size}x{args.size} ({time.strftime('%Y-%m-%d')}, "
-             f"{platform.machine()}, {os.cpu_count()} cores)", "",
-             "    python bench/tvm_vs_ort.py " + " ".join(sys.argv[1:]), "",
-             "| network | model | TVM trials | tuning min | TVM p50 ms | ORT p50 ms | TVM / ORT | max abs err |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# TVM vs ONNX Runtime, one thread, batch 1, {args.size}x{args.size} ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores)",
+        "",
+        "    python bench/tvm_vs_ort.py " + " ".join(sys.argv[1:]),
+        "",
+        "| network | model | TVM trials | tuning min | TVM p50 ms | ORT p50 ms | TVM / ORT | max abs err |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "tvm_ms" not in r:
             lines.append(f"| {r['arch']} | {r['kind']} | - | - | failed: {r.get('error', '?')[:80]} | {r['ort_ms']:.3f} | | |")
             continue
-        lines.append(f"| {r['arch']} | {r['kind']} | {r['trials']} | {r['tune_s'] / 60:.1f} | {r['tvm_ms']:.3f} | "
-                     f"{r['ort_ms']:.3f} | {r['tvm_ms'] / r['ort_ms']:.2f}x | {r.get('max_abs_err', 0):.1e} |")
+        lines.append(
+            f"| {r['arch']} | {r['kind']} | {r['trials']} | {r['tune_s'] / 60:.1f} | {r['tvm_ms']:.3f} | "
+            f"{r['ort_ms']:.3f} | {r['tvm_ms'] / r['ort_ms']:.2f}x | {r.get('max_abs_err', 0):.1e} |"
+        )
     text = "\n".join(lines) + "\n"
     (args.out / "tvm_vs_ort.md").write_text(text)
     print(text)

@@ -8,6 +8,7 @@ The public API, one entry per stage, beside the whole chain::
 Importing the package stays torch-free (the device runtime imports it without torch): every name
 below is loaded from its module on first use.
 """
+
 from __future__ import annotations
 
 import importlib

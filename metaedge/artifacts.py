@@ -4,6 +4,7 @@ A killed run never leaves a half-written file: each file is written to a tempora
 same directory, flushed, fsync'ed and renamed over the final name (rename is atomic on POSIX).
 Torch-free so the device runtime can read manifests.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ silently fall back to a default). Every setting that can be checked without data
 the config is built (budgets, quant spec, targets, backends, device, timing), and budgets and the
 quant spec are parsed there into typed values, so a bad setting costs a second, not a training run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,16 +48,22 @@ class MacsBudget:
         s = str(text).strip().upper().replace("_", "")
         m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:E[-+]?[0-9]+)?)\s*([KMG]?)", s)
         if not m:
-            raise MetaedgeError(f"cannot read the MACs budget {text!r}", "write a fraction of the baseline (--prune-macs 0.5) or an absolute count (20M, 1.5G, 300K)")
+            raise MetaedgeError(
+                f"cannot read the MACs budget {text!r}", "write a fraction of the baseline (--prune-macs 0.5) or an absolute count (20M, 1.5G, 300K)"
+            )
         value = float(m.group(1))
         if value < 0:
             raise MetaedgeError(f"--prune-macs {text} is negative", "pass a fraction in (0, 1) such as 0.5, or an absolute budget such as 20M")
         if value == 0:
-            raise MetaedgeError("--prune-macs 0 leaves no MACs to spend", "pass a fraction in (0, 1) such as 0.5, an absolute budget such as 20M, or 'off' to skip pruning")
+            raise MetaedgeError(
+                "--prune-macs 0 leaves no MACs to spend", "pass a fraction in (0, 1) such as 0.5, an absolute budget such as 20M, or 'off' to skip pruning"
+            )
         if m.group(2):
             return cls(value * _COUNT_SUFFIX[m.group(2)], False, s)
         if value == 1.0:
-            raise MetaedgeError(f"--prune-macs {text} keeps the whole baseline: nothing to prune", "pass a fraction below 1 such as 0.5, or 'off' to skip pruning")
+            raise MetaedgeError(
+                f"--prune-macs {text} keeps the whole baseline: nothing to prune", "pass a fraction below 1 such as 0.5, or 'off' to skip pruning"
+            )
         return cls(value, value < 1.0, s)  # above 1: an absolute count
 
     def resolve(self, baseline_macs: float) -> float:
@@ -207,13 +214,17 @@ class PipelineConfig:
         if self.prune_preset not in ("demo", "bench", "full") or self.quant_preset not in ("demo", "full"):
             raise MetaedgeError("prune presets are demo, bench or full; quant presets demo or full", "fix --prune-preset / --quant-preset")
         if self.quantizer == "ptq" and self.quant is not None and self.quant != QuantSpec(8, 8):
-            raise MetaedgeError(f"--quantizer ptq gives int8 weights, not {self.quant}", "use --quant w8a8 with ptq, or --quantizer metaquant/ste for fewer bits")
+            raise MetaedgeError(
+                f"--quantizer ptq gives int8 weights, not {self.quant}", "use --quant w8a8 with ptq, or --quantizer metaquant/ste for fewer bits"
+            )
         if self.pruner not in PRUNERS:
             raise MetaedgeError(f"unknown pruner {self.pruner!r}", f"use --pruner {', '.join(PRUNERS)}")
         if self.lowrank not in LOWRANK:
             raise MetaedgeError(f"unknown low-rank method {self.lowrank!r}", f"use --lowrank {' or '.join(LOWRANK)}")
         if self.lowrank == "tucker" and self.latency_budget_enabled:
-            raise MetaedgeError("--lowrank tucker takes a MACs budget, not --prune-latency", "pass --prune-macs (e.g. 0.5) with --lowrank tucker, or --lowrank off")
+            raise MetaedgeError(
+                "--lowrank tucker takes a MACs budget, not --prune-latency", "pass --prune-macs (e.g. 0.5) with --lowrank tucker, or --lowrank off"
+            )
         if self.lowrank == "tucker" and not self.prune_enabled:
             raise MetaedgeError("--lowrank tucker needs a MACs budget", "pass --prune-macs, e.g. 0.5 or 20M")
         if self.pruningnet_budgets is not None:
@@ -256,7 +267,9 @@ class PipelineConfig:
 def _check_shared_budgets(cfg: PipelineConfig) -> None:
     """A shared PruningNet's budgets: MetaPruning alone, each readable in the run's budget kind, latency ones absolute."""
     if cfg.pruner != "metapruning" or cfg.lowrank != "off":
-        raise MetaedgeError("a shared PruningNet (pruningnet_budgets) serves --pruner metapruning alone", "drop pruningnet_budgets, or use --pruner metapruning --lowrank off")
+        raise MetaedgeError(
+            "a shared PruningNet (pruningnet_budgets) serves --pruner metapruning alone", "drop pruningnet_budgets, or use --pruner metapruning --lowrank off"
+        )
     object.__setattr__(cfg, "pruningnet_budgets", tuple(str(b) for b in cfg.pruningnet_budgets))  # type: ignore[union-attr]
     for b in cfg.pruningnet_budgets or ():
         if cfg.latency_budget_enabled and LatencyBudget.parse(b).ms is None:

@@ -3,6 +3,7 @@
 A :class:`MetaedgeError` is printed by the CLI as a single line -- what is wrong and what to do
 next -- and exits with code 2. Anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 __all__ = ["MetaedgeError", "EXIT_USAGE"]

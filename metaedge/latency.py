@@ -2,6 +2,7 @@
 
 Kept free of torch and onnxruntime so the torch-free device runtime can import it.
 """
+
 from __future__ import annotations
 
 import time
@@ -76,7 +77,7 @@ def time_callable(fn: Callable[[], object], config: TimingConfig = TimingConfig(
 
 
 def parse_latency_budget(text: str, reference_ms: float | None = None) -> float:
-    """"2ms" / "500us" / "0.002s" -> milliseconds; a bare number in (0, 1] is a fraction of ``reference_ms``."""
+    """ "2ms" / "500us" / "0.002s" -> milliseconds; a bare number in (0, 1] is a fraction of ``reference_ms``."""
     import re
 
     s = str(text).strip().lower()

@@ -8,6 +8,7 @@ not run, a number only some methods have); a field named ``details`` is merged i
 
 Torch-free, like :mod:`metaedge.artifacts`.
 """
+
 from __future__ import annotations
 
 import dataclasses

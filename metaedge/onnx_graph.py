@@ -4,6 +4,7 @@ metaedge exports, the one image input and its shape, whether the graph is explic
 
 Layer 0 (torch-free; ``onnx`` is imported only inside the functions): the fp32 exporter in
 ``deploy/`` and the QDQ exporter in ``compress/metaquant`` write the same names."""
+
 from __future__ import annotations
 
 from pathlib import Path

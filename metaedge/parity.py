@@ -20,6 +20,7 @@ artifact's kind:
 Layer 0: numpy only, so the gates in ``compress/`` and ``deploy/`` and the torch-free runtime can
 all read it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -53,10 +54,8 @@ class Tolerance:
             raise MetaedgeError(f"unknown artifact kind {self.kind!r} for parity", f"use one of: {', '.join(KINDS)}")
         if self.kind == "fp32" and not (self.atol is not None and self.atol > 0):
             raise MetaedgeError(f"fp32 parity tolerance needs a positive atol, not {self.atol!r}", "pass e.g. 1e-3")
-        if self.kind == "quantized" and not (self.mean_steps and self.mean_steps > 0
-                                             and (self.atol or (self.max_steps and self.max_steps > 0))):
-            raise MetaedgeError("quantized parity tolerance needs positive max_steps (or atol) and mean_steps",
-                                "pass e.g. max_steps=24, mean_steps=2")
+        if self.kind == "quantized" and not (self.mean_steps and self.mean_steps > 0 and (self.atol or (self.max_steps and self.max_steps > 0))):
+            raise MetaedgeError("quantized parity tolerance needs positive max_steps (or atol) and mean_steps", "pass e.g. max_steps=24, mean_steps=2")
         if not 0.0 <= self.min_top1_agreement <= 1.0:
             raise MetaedgeError(f"top-1 agreement {self.min_top1_agreement} is outside 0..1", "pass a fraction such as 0.99")
 
@@ -89,12 +88,13 @@ class ParityReport:
     def describe(self) -> str:
         """One line: each measured number beside the bound it was held to."""
         if self.step:
-            return (f"max abs error {self.max_abs_err:.3g} ({self.max_abs_err / self.step:.1f} steps, tolerance "
-                    f"{self.atol / self.step:.1f}), mean {self.mean_abs_err:.3g} ({self.mean_abs_err / self.step:.2f} steps, "
-                    f"tolerance {(self.mean_atol or 0) / self.step:g}), top-1 agreement {self.top1_agreement:.4f} "
-                    f"(need {self.min_top1_agreement:g})")
-        return (f"max abs error {self.max_abs_err:.3g} (tolerance {self.atol:g}), top-1 agreement "
-                f"{self.top1_agreement:.4f} (need {self.min_top1_agreement:g})")
+            return (
+                f"max abs error {self.max_abs_err:.3g} ({self.max_abs_err / self.step:.1f} steps, tolerance "
+                f"{self.atol / self.step:.1f}), mean {self.mean_abs_err:.3g} ({self.mean_abs_err / self.step:.2f} steps, "
+                f"tolerance {(self.mean_atol or 0) / self.step:g}), top-1 agreement {self.top1_agreement:.4f} "
+                f"(need {self.min_top1_agreement:g})"
+            )
+        return f"max abs error {self.max_abs_err:.3g} (tolerance {self.atol:g}), top-1 agreement {self.top1_agreement:.4f} (need {self.min_top1_agreement:g})"
 
     def require(self, what: str, fix: str) -> "ParityReport":
         """Raise :class:`ParityError` naming ``what`` when the comparison failed."""
@@ -103,8 +103,9 @@ class ParityReport:
         return self
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance = FP32, *,
-            step: float | None = None, step_from: str | None = None) -> ParityReport:
+def compare(
+    reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance = FP32, *, step: float | None = None, step_from: str | None = None
+) -> ParityReport:
     """Compare two logit batches ([N, classes], or [classes] for one input) under ``tolerance``.
 
     For a quantized artifact ``step`` is the output's quantization step; without one, an 8-bit
@@ -112,8 +113,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance =
     ref = np.asarray(reference, dtype=np.float64)
     out = np.asarray(candidate, dtype=np.float64)
     if ref.shape != out.shape:
-        raise ParityError(f"output shapes differ: reference {ref.shape}, artifact {out.shape}",
-                          "re-export the model: the artifact does not have the reference's outputs")
+        raise ParityError(
+            f"output shapes differ: reference {ref.shape}, artifact {out.shape}", "re-export the model: the artifact does not have the reference's outputs"
+        )
     ref2 = ref.reshape(1, -1) if ref.ndim <= 1 else ref.reshape(ref.shape[0], -1)
     out2 = out.reshape(ref2.shape)
     diff = np.abs(ref2 - out2)
@@ -132,5 +134,4 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance =
         atol = float(tolerance.atol)  # type: ignore[arg-type]
         passed = max_err <= atol
     passed = passed and agree >= tolerance.min_top1_agreement
-    return ParityReport(tolerance.kind, max_err, mean_err, agree, int(ref2.shape[0]), atol, mean_atol,
-                        tolerance.min_top1_agreement, step, step_from, passed)
+    return ParityReport(tolerance.kind, max_err, mean_err, agree, int(ref2.shape[0]), atol, mean_atol, tolerance.min_top1_agreement, step, step_from, passed)

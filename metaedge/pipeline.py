@@ -7,6 +7,7 @@ leaves a consistent artifact directory, and long stages (training, PruningNet, s
 from their checkpoints under the cache directory when the same command is run again. The cache
 directories are keyed on the resolved configuration of their stage and of every stage before it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,7 +100,16 @@ def prune_cache_key(baseline_key: str, cfg: PipelineConfig, prune_cfg: Any) -> s
     """Work directory key of the prune stage: the baseline, the method and the resolved PruneConfig
     (its budget in MACs or ms, whatever flag it came from), and the target a latency budget is priced on."""
     target = cfg.targets[0] if prune_cfg.budget_kind == "latency" else None
-    return _digest({"baseline": baseline_key, "pruner": cfg.pruner, "lowrank": cfg.lowrank, "prune": asdict(prune_cfg), "target": target, "device": cfg.device if target else None})
+    return _digest(
+        {
+            "baseline": baseline_key,
+            "pruner": cfg.pruner,
+            "lowrank": cfg.lowrank,
+            "prune": asdict(prune_cfg),
+            "target": target,
+            "device": cfg.device if target else None,
+        }
+    )
 
 
 def quant_cache_key(upstream_key: str, qcfg: Any) -> str:
@@ -135,16 +145,20 @@ def check_model_and_budget(cfg: PipelineConfig, data: DataSplits) -> None:
     base = count_cost(model, data.input_shape).macs
     budget = cfg.prune_macs.resolve(base)
     if budget >= base:
-        raise MetaedgeError(f"MACs budget {format_count(budget)} is not below the baseline's {format_count(base)}: nothing to prune",
-                            "pass a smaller --prune-macs (a fraction such as 0.5), or --prune-macs off")
+        raise MetaedgeError(
+            f"MACs budget {format_count(budget)} is not below the baseline's {format_count(base)}: nothing to prune",
+            "pass a smaller --prune-macs (a fraction such as 0.5), or --prune-macs off",
+        )
     if cfg.lowrank != "off" or cfg.pruner == "none":
         return  # Tucker ranks go below the narrowest width vector
     preset = mp.PRESETS[cfg.prune_preset]
     setup = setup_pruning(model, data.val.tensors[0][:1], "macs", budget, preset.choices, preset.channel_multiple)
     narrowest = setup.cost(setup.space.widths(setup.space.smallest()))
     if budget < narrowest:
-        raise MetaedgeError(f"MACs budget {format_count(budget)} is below the narrowest network the width space allows ({format_count(narrowest)} "
-                            f"of {format_count(base)})", f"pass --prune-macs {math.ceil(100 * narrowest / base) / 100:.2f} or more")
+        raise MetaedgeError(
+            f"MACs budget {format_count(budget)} is below the narrowest network the width space allows ({format_count(narrowest)} of {format_count(base)})",
+            f"pass --prune-macs {math.ceil(100 * narrowest / base) / 100:.2f} or more",
+        )
 
 
 @dataclass
@@ -175,8 +189,12 @@ def _initial_manifest(cfg: PipelineConfig, data: DataSplits) -> Manifest:
         tools=tool_versions(),
         config=cfg.to_dict(),
         data=DataSection(**data.summary()),
-        model=ModelSection(name=cfg.model, num_classes=data.num_classes, input_shape=list(data.input_shape),
-                           preprocess=Preprocess(data.mean, data.std, data.input_size, data.in_chans)),
+        model=ModelSection(
+            name=cfg.model,
+            num_classes=data.num_classes,
+            input_shape=list(data.input_shape),
+            preprocess=Preprocess(data.mean, data.std, data.input_size, data.in_chans),
+        ),
     )
 
 
@@ -195,8 +213,16 @@ def _stage_baseline(run: _Run) -> nn.Module:
         train_seconds = 0.0
         if cfg.train.epochs > 0:
             run.log(f"baseline: training {cfg.model} for {cfg.train.epochs} epochs (checkpoint {cache / 'checkpoint.pt'})")
-            res = fit(model, make_loader(data.train, cfg.train.batch_size, True, cfg.train.seed), make_loader(data.val, 256, False), cfg.train,
-                      checkpoint=cache / "checkpoint.pt", resume=True, desc="baseline", quiet=run.quiet)
+            res = fit(
+                model,
+                make_loader(data.train, cfg.train.batch_size, True, cfg.train.seed),
+                make_loader(data.val, 256, False),
+                cfg.train,
+                checkpoint=cache / "checkpoint.pt",
+                resume=True,
+                desc="baseline",
+                quiet=run.quiet,
+            )
             train_seconds = res.seconds
         info = {"train_seconds": round(train_seconds, 2), "accuracy": asdict(_accuracy(model, data))}
         with atomic_path(weights_path) as tmp:
@@ -279,13 +305,23 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     shared_pn = None
     if cfg.pruningnet_budgets is not None:  # a sweep: one PruningNet over the band of all its budgets
         prune_cfg = replace(prune_cfg, band=_shared_band(cfg, base.macs))
-        shared_pn = Path(cfg.cache_dir) / f"run-{base_key}" / f"pruningnet-{_digest({'kind': prune_cfg.budget_kind, 'band': prune_cfg.band, 'target': cfg.targets[0] if budget_fn else None, 'preset': cfg.prune_preset})}.pt"
-        run.log(f"prune: {'reusing' if shared_pn.exists() else 'training'} the shared PruningNet {shared_pn} "
-                f"(band {prune_cfg.band[0]:.4g}..{prune_cfg.band[1]:.4g}, budgets {', '.join(cfg.pruningnet_budgets)})")
+        shared_pn = (
+            Path(cfg.cache_dir)
+            / f"run-{base_key}"
+            / f"pruningnet-{_digest({'kind': prune_cfg.budget_kind, 'band': prune_cfg.band, 'target': cfg.targets[0] if budget_fn else None, 'preset': cfg.prune_preset})}.pt"
+        )
+        run.log(
+            f"prune: {'reusing' if shared_pn.exists() else 'training'} the shared PruningNet {shared_pn} "
+            f"(band {prune_cfg.band[0]:.4g}..{prune_cfg.band[1]:.4g}, budgets {', '.join(cfg.pruningnet_budgets)})"
+        )
     key = prune_cache_key(base_key, cfg, prune_cfg)  # the band is part of prune_cfg: shared and own PruningNets never mix
     workdir = Path(cfg.cache_dir) / f"run-{base_key}" / f"prune-{key}"
     budget = float(prune_cfg.budget)
-    what = (f"<= {budget:.3f} ms predicted on {cfg.targets[0]}" if budget_fn else f"<= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M)")
+    what = (
+        f"<= {budget:.3f} ms predicted on {cfg.targets[0]}"
+        if budget_fn
+        else f"<= {budget / 1e6:.2f}M MACs ({budget / base.macs:.0%} of {base.macs / 1e6:.2f}M)"
+    )
     tucker = cfg.lowrank == "tucker"
     method = "+".join(m for m in (cfg.pruner if cfg.pruner != "none" else "", "tucker" if tucker else "") if m)
     run.log(f"prune: {method} to {what}, preset {cfg.prune_preset}")
@@ -296,8 +332,12 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
             from metaedge.compress.lowrank import pruning_budget
 
             # Tucker only removes MACs: the pruner must land close under its share (0.98, not the search's usual 0.95)
-            run_cfg = replace(prune_cfg, budget=pruning_budget(model, data.input_shape, budget, prune_cfg.channel_multiple), finetune_epochs=0,
-                              search_floor=max(prune_cfg.search_floor, 0.98))
+            run_cfg = replace(
+                prune_cfg,
+                budget=pruning_budget(model, data.input_shape, budget, prune_cfg.channel_multiple),
+                finetune_epochs=0,
+                search_floor=max(prune_cfg.search_floor, 0.98),
+            )
             run.log(f"prune: {cfg.pruner} to {run_cfg.budget / 1e6:.2f}M MACs first, then Tucker on the pruned layers, then one fine-tune")
             info["prune_budget"] = run_cfg.budget
         small, pruner_info, plot = _run_pruner(cfg, model, data, run_cfg, workdir, run.quiet, budget_fn, shared_pn)
@@ -305,8 +345,14 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     if tucker:
         from metaedge.compress.lowrank import LowRankConfig, lowrank_model
 
-        res = lowrank_model(small, data, LowRankConfig(budget=budget, rank_multiple=prune_cfg.channel_multiple, finetune=prune_cfg.finetune_config()),
-                            workdir / "tucker", teacher=model, quiet=run.quiet)
+        res = lowrank_model(
+            small,
+            data,
+            LowRankConfig(budget=budget, rank_multiple=prune_cfg.channel_multiple, finetune=prune_cfg.finetune_config()),
+            workdir / "tucker",
+            teacher=model,
+            quiet=run.quiet,
+        )
         small, lowrank = res.model, res.summary()
         info.update(ranks=lowrank.pop("ranks"), lowrank=lowrank, seconds={**info.get("seconds", {}), **{f"tucker_{k}": v for k, v in res.seconds.items()}})
     cost = count_cost(small, data.input_shape)
@@ -320,7 +366,9 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     budget_use = used / budget
     widths, seconds = info.pop("widths", {}), info.pop("seconds", None)
     info.pop("budget_use", None)  # the pruners' own share of their (pre-Tucker) budget; the stage's is above
-    run.save(prune=PruneStage(method, prune_cfg.budget_kind, budget, cost.macs, cost.params, _accuracy(small, data), widths, budget_use, seconds, lat_info, info))
+    run.save(
+        prune=PruneStage(method, prune_cfg.budget_kind, budget, cost.macs, cost.params, _accuracy(small, data), widths, budget_use, seconds, lat_info, info)
+    )
     if plot is not None and Path(plot).exists():
         with atomic_path(run.out.path("pruning_search.png")) as tmp:
             tmp.write_bytes(Path(plot).read_bytes())
@@ -328,15 +376,23 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
     return small.eval(), key
 
 
-def _run_pruner(cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None,
-                shared_pn: Path | None = None) -> tuple[nn.Module, dict[str, Any], Path | None]:
+def _run_pruner(
+    cfg: PipelineConfig, model: nn.Module, data: DataSplits, prune_cfg, workdir: Path, quiet: bool, budget_fn=None, shared_pn: Path | None = None
+) -> tuple[nn.Module, dict[str, Any], Path | None]:
     """The --pruner's small model, its manifest entries (widths, seconds, method details) and search plot (MetaPruning only)."""
     from metaedge.compress import metapruning as mp
 
     if cfg.pruner == "metapruning":
         res = mp.prune_model(model, data, prune_cfg, workdir, budget_fn=budget_fn, quiet=quiet, pruningnet_checkpoint=shared_pn)
-        info = {"pruningnet": str(shared_pn or workdir / "pruningnet.pt"), "widths": res.widths, "search_accuracy": res.search_accuracy, "search_log": str(res.search_log), "start": res.init,
-                "start_accuracy": res.start_accuracy, "seconds": res.seconds}
+        info = {
+            "pruningnet": str(shared_pn or workdir / "pruningnet.pt"),
+            "widths": res.widths,
+            "search_accuracy": res.search_accuracy,
+            "search_log": str(res.search_log),
+            "start": res.init,
+            "start_accuracy": res.start_accuracy,
+            "seconds": res.seconds,
+        }
         if res.rank_check is not None:
             info["rank_check"] = res.rank_check
         return res.model, info, res.plot
@@ -389,7 +445,10 @@ def _stage_ptq(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, pr
     seconds = round(time.perf_counter() - t0, 2)
     rules = require_tensorrt_qdq(onnx_path, f"PTQ model {onnx_path.name}").to_dict() if profile == "tensorrt" else None
     run.save(quant=QuantStage("ptq", 8, 8, profile, why, Accuracy(test=_profile_accuracy(onnx_path, run.data, profile)), seconds, tensorrt_rules=rules))
-    parity = {"reference": "fp32 PyTorch (PTQ has no fake-quant model)", **check_parity(model, onnx_path, run.data.val.tensors[0], run.cfg.export, raise_on_fail=False).to_dict()}
+    parity = {
+        "reference": "fp32 PyTorch (PTQ has no fake-quant model)",
+        **check_parity(model, onnx_path, run.data.val.tensors[0], run.cfg.export, raise_on_fail=False).to_dict(),
+    }
     return model, parity
 
 
@@ -409,18 +468,45 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
     assert cfg.quant is not None  # the export stage quantizes only when quant is enabled
     wbits, abits = cfg.quant.weight_bits, cfg.quant.act_bits
     kd: dict[str, Any] = {} if cfg.quant_kd is None else {"kd_alpha": cfg.quant_kd}
-    qcfg = replace(mq.PRESETS[cfg.quant_preset], weight_bits=wbits, act_bits=abits, method=cfg.quantizer, weight_quantizer=mq.default_weight_quantizer(wbits),
-                   profile=profile, layer_bits=cfg.quant_layer_bits, **kd)
+    qcfg = replace(
+        mq.PRESETS[cfg.quant_preset],
+        weight_bits=wbits,
+        act_bits=abits,
+        method=cfg.quantizer,
+        weight_quantizer=mq.default_weight_quantizer(wbits),
+        profile=profile,
+        layer_bits=cfg.quant_layer_bits,
+        **kd,
+    )
     layer_bits = mq.parse_bit_policy(qcfg.layer_bits).to_spec()
-    run.log(f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.effective_weight_quantizer} weights, layer bits {layer_bits}), "
-            f"{profile} QDQ profile ({why}), preset {cfg.quant_preset}")
+    run.log(
+        f"quant: {cfg.quantizer} QAT w{wbits}a{abits} ({qcfg.effective_weight_quantizer} weights, layer bits {layer_bits}), "
+        f"{profile} QDQ profile ({why}), preset {cfg.quant_preset}"
+    )
     key = quant_cache_key(upstream_key, qcfg)
-    res = mq.quantize_model(model, run.data, qcfg, Path(cfg.cache_dir) / f"run-{_baseline_key(cfg, run.data)}" / f"quant-{cfg.quant}-{cfg.quantizer}-{key}", quiet=run.quiet)
+    res = mq.quantize_model(
+        model, run.data, qcfg, Path(cfg.cache_dir) / f"run-{_baseline_key(cfg, run.data)}" / f"quant-{cfg.quant}-{cfg.quantizer}-{key}", quiet=run.quiet
+    )
     export = export_qdq(res.model, run.example, onnx_path, profile=profile)
     parity = check_qdq_parity(res.model, onnx_path, run.data.val.tensors[0])
-    run.save(quant=QuantStage(cfg.quantizer, wbits, abits, profile, why, Accuracy(val=res.val_accuracy, test=res.test_accuracy), round(res.seconds, 2),
-                              weight_quantizer=qcfg.effective_weight_quantizer, layer_bits=layer_bits, kd_alpha=qcfg.kd_alpha, layers=res.layers,
-                              packed_bytes=res.packed_bytes, export=export, fusion=check_qdq_fusion(onnx_path) if profile == "ort" else None))
+    run.save(
+        quant=QuantStage(
+            cfg.quantizer,
+            wbits,
+            abits,
+            profile,
+            why,
+            Accuracy(val=res.val_accuracy, test=res.test_accuracy),
+            round(res.seconds, 2),
+            weight_quantizer=qcfg.effective_weight_quantizer,
+            layer_bits=layer_bits,
+            kd_alpha=qcfg.kd_alpha,
+            layers=res.layers,
+            packed_bytes=res.packed_bytes,
+            export=export,
+            fusion=check_qdq_fusion(onnx_path) if profile == "ort" else None,
+        )
+    )
     return res.model.eval(), parity
 
 
@@ -447,8 +533,11 @@ def _stage_export(run: _Run, fp32_model: nn.Module, upstream_key: str) -> Path:
     cost = count_cost(fp32_model, data.input_shape)
     base = run.manifest.stages.baseline
     assert base is not None  # the baseline stage ran first
-    run.save(export=ExportSection(cfg.export.opset, parity), cost=CostSection(cost.macs, cost.params, base.macs, base.params),
-             final=FinalStage(Accuracy(test=_onnx_accuracy(onnx_path, data)), file_sha256(onnx_path)))
+    run.save(
+        export=ExportSection(cfg.export.opset, parity),
+        cost=CostSection(cost.macs, cost.params, base.macs, base.params),
+        final=FinalStage(Accuracy(test=_onnx_accuracy(onnx_path, data)), file_sha256(onnx_path)),
+    )
     return onnx_path
 
 
@@ -477,8 +566,9 @@ def _stage_latency(run: _Run, baseline: nn.Module, fp32_model: nn.Module, onnx_p
 def _tvm_options(cfg: PipelineConfig, target_name: str):
     from metaedge.deploy.backends.tvm import TvmOptions, tuning_dir_for
 
-    return TvmOptions(tune_trials=int(cfg.tune_trials), tuning_dir=tuning_dir_for(target_name, cfg.cache_dir),
-                      tune_device=cfg.device, threads=cfg.timing.threads)
+    return TvmOptions(
+        tune_trials=int(cfg.tune_trials), tuning_dir=tuning_dir_for(target_name, cfg.cache_dir), tune_device=cfg.device, threads=cfg.timing.threads
+    )
 
 
 def _stage_compile(run: _Run, onnx_path: Path) -> None:
@@ -488,8 +578,9 @@ def _stage_compile(run: _Run, onnx_path: Path) -> None:
     cfg = run.cfg
     for name in cfg.targets:
         run.log(f"compile: {name} ({cfg.backend})")
-        section = compile_for_target(onnx_path, get_target(name), run.out.root, backends=cfg.backend, timing=cfg.timing, device=cfg.device,
-                                     tvm_options=_tvm_options(cfg, name))
+        section = compile_for_target(
+            onnx_path, get_target(name), run.out.root, backends=cfg.backend, timing=cfg.timing, device=cfg.device, tvm_options=_tvm_options(cfg, name)
+        )
         run.save(compiled={**(run.manifest.compiled or {}), name: section})
 
 

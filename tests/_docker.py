@@ -5,6 +5,7 @@ dockerd, ``make_base_image.sh`` builds the Debian base images from debootstrap (
 reachable). Every step is cached, so only the first run pays for it. When any step cannot work here
 (not root, no apt, dockerd refuses to start) the caller is skipped with that step's reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,17 +112,27 @@ def make_tiny_artifact(out: Path, channels: int = 3, hw: int = 16, num_classes: 
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(channels, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, num_classes),
+        torch.nn.Conv2d(channels, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, num_classes),
     ).eval()
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, still exact
         torch.onnx.export(
-            model, (torch.randn(1, channels, hw, hw),), str(onnx_path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False,
+            model,
+            (torch.randn(1, channels, hw, hw),),
+            str(onnx_path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            opset_version=17,
+            dynamo=False,
         )
     torch.save(model.state_dict(), out / "model.pt")
     (out / "data").mkdir(exist_ok=True)
@@ -133,8 +144,11 @@ def make_tiny_artifact(out: Path, channels: int = 3, hw: int = 16, num_classes: 
     manifest = {
         "schema_version": 1,
         "model": {
-            "name": "tinycnn", "num_classes": num_classes, "input_shape": [1, channels, hw, hw],
-            "input_name": "input", "output_name": "logits",
+            "name": "tinycnn",
+            "num_classes": num_classes,
+            "input_shape": [1, channels, hw, hw],
+            "input_name": "input",
+            "output_name": "logits",
             "preprocess": {"mean": [0.5] * channels, "std": [0.25] * channels},
         },
         "data": {"name": "synthetic", "train": "data/train_subset.npy"},

@@ -1,4 +1,5 @@
 """Run by test_prune_ddp under torchrun: a few data-parallel PruningNet steps + one candidate score."""
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,22 @@ from metaedge.compress.metapruning import PRESETS, prune_model  # noqa: E402
 from metaedge.data import DataSplits  # noqa: E402
 
 data = DataSplits("tiny", TensorDataset(x[:96], y[:96]), TensorDataset(x[96:], y[96:]), TensorDataset(x[96:], y[96:]), 5, 3, 8, [0.0] * 3, [1.0] * 3)
-cfg = replace(PRESETS["demo"], budget=0.5 * 1e9, channel_multiple=4, pruningnet_epochs=1, population=4, generations=2, parents=2,
-              recalib_batches=2, finetune_epochs=1, batch_size=16)
+cfg = replace(
+    PRESETS["demo"],
+    budget=0.5 * 1e9,
+    channel_multiple=4,
+    pruningnet_epochs=1,
+    population=4,
+    generations=2,
+    parents=2,
+    recalib_batches=2,
+    finetune_epochs=1,
+    batch_size=16,
+)
 from metaedge.compress.cost import count_cost  # noqa: E402
 
 cfg = replace(cfg, budget=0.4 * count_cost(model, (1, 3, 8, 8)).macs)
 res = prune_model(model, data, cfg, out / "prune", quiet=True)
-(out / f"rank{info.rank}.json").write_text(json.dumps({"world": info.world, "widths": seen_widths, "digest": digest, "acc": acc,
-                                                        "loss": hist[-1]["loss"], "pruned": res.widths, "macs": res.macs}))
+(out / f"rank{info.rank}.json").write_text(
+    json.dumps({"world": info.world, "widths": seen_widths, "digest": digest, "acc": acc, "loss": hist[-1]["loss"], "pruned": res.widths, "macs": res.macs})
+)

@@ -1,4 +1,5 @@
 """Small hand-built CNNs covering the channel-coupling patterns (shared by the pruning tests)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny real models and data, so every test runs real code in seconds."""
+
 from __future__ import annotations
 
 import os

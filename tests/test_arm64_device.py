@@ -6,6 +6,7 @@ Cold (first run on a machine; measured on the 2-core dev box): setup.sh installs
 and qemu (~40 s of apt), build_root.sh runs debootstrap (~4.3 min, second stage under qemu) and
 fetches the aarch64 wheels (~10 s): about 5 minutes before the tests' own ~1 minute. Warm (root
 cached under /var/cache/metaedge/arm64): under 1 minute for this file."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,7 @@ def device():
     _run("build_root.sh")
     tproc, tport = rpc.start_local_tracker(port=9590)
     try:
-        _run("start_device.sh", "--tracker", f"127.0.0.1:{tport}", "--key", KEY, "--port", "9600", "--name", NAME,
-             timeout=600)
+        _run("start_device.sh", "--tracker", f"127.0.0.1:{tport}", "--key", KEY, "--port", "9600", "--name", NAME, timeout=600)
         spec = f"127.0.0.1:{tport}/{KEY}"
         rpc.wait_for_servers(spec, 1, timeout_s=120)
         yield spec

@@ -1,4 +1,5 @@
 """Atomic writes and the versioned manifest."""
+
 import json
 
 import pytest

@@ -2,6 +2,7 @@
 script and trtexec line (FP16, INT8 for QDQ), and the compile_for_target record. Building and
 running an engine needs TensorRT's builder libraries and an NVIDIA GPU; those tests skip with the
 backend's own reason when it is unavailable."""
+
 from __future__ import annotations
 
 import ast
@@ -38,13 +39,19 @@ def test_compile_writes_build_script_and_trtexec(tiny_onnx, tmp_path):
     assert (tmp_path / "model.onnx").is_file()
     script = (tmp_path / "build_engine.py").read_text()
     ast.parse(script)  # valid Python
-    for api in ("trt.Builder(", "create_network(", "trt.OnnxParser(", "create_builder_config(", "BuilderFlag.FP16",
-                "create_timing_cache(", "build_serialized_network("):
+    for api in (
+        "trt.Builder(",
+        "create_network(",
+        "trt.OnnxParser(",
+        "create_builder_config(",
+        "BuilderFlag.FP16",
+        "create_timing_cache(",
+        "build_serialized_network(",
+    ):
         assert api in script, api
     assert "'input', (1, 3, 32, 32)" in script and "int8=False" in script
     line = c.extra["trtexec"]
-    assert line == ("trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 --timingCacheFile=timing.cache "
-                    "--shapes=input:1x3x32x32")
+    assert line == ("trtexec --onnx=model.onnx --saveEngine=model.engine --fp16 --timingCacheFile=timing.cache --shapes=input:1x3x32x32")
     sh = (tmp_path / "trtexec.sh").read_text()
     assert line in sh and os.access(tmp_path / "trtexec.sh", os.X_OK)
     meta = json.loads((tmp_path / "model.json").read_text())
@@ -65,6 +72,7 @@ def test_qdq_model_gets_int8(tiny_onnx, tmp_path):
 def test_generated_script_fails_cleanly_without_tensorrt(tiny_onnx, tmp_path):
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("tensorrt is importable here; the script would really build")
     except ImportError:
         pass
@@ -77,8 +85,7 @@ def test_compile_for_target_records_deferred_engine(tiny_onnx, tmp_path):
     from metaedge.deploy.compile import compile_for_target
     from metaedge.latency import TimingConfig
 
-    entry = compile_for_target(tiny_onnx, "jetson-orin-nano", tmp_path, backends="tensorrt",
-                               timing=TimingConfig(1, 3))
+    entry = compile_for_target(tiny_onnx, "jetson-orin-nano", tmp_path, backends="tensorrt", timing=TimingConfig(1, 3))
     rec = entry["tensorrt"]
     if get_backend("tensorrt").unavailable_reason() is not None:
         assert rec["status"] == "deferred" and rec["path"] == "compiled/jetson-orin-nano/tensorrt/build_engine.py"

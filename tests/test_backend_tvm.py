@@ -1,5 +1,6 @@
 """TVM backend: x86 build with parity vs ONNX Runtime, QDQ input, aarch64 cross-compile (ELF
 machine), CUDA source for a Jetson tag without a GPU, backend auto-selection and `metaedge compile`."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,30 @@ def export_tiny_cnn(path: Path, hw: int = 32) -> Path:
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, 2, 1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     ).eval()
     with torch.no_grad():  # non-trivial BN statistics so folding is exercised
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 2.0)
-    torch.onnx.export(model, torch.randn(1, 3, hw, hw), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, hw, hw),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -50,8 +66,7 @@ def quantize(src: Path, dst: Path, fmt: str) -> Path:
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt),
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return dst
 
 
@@ -111,8 +126,7 @@ def _elf_machine(path: Path) -> int:
     return struct.unpack("<H", head[18:20])[0]
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
-                    reason="aarch64-linux-gnu-g++ missing: run tools/arm64_device/setup.sh")
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="aarch64-linux-gnu-g++ missing: run tools/arm64_device/setup.sh")
 @pytest.mark.parametrize("target", ["arm64", "rpi4"])
 def test_aarch64_cross_compile(tiny_onnx, tmp_path, target):
     be = get_backend("tvm")
@@ -133,6 +147,7 @@ def test_cuda_source_for_jetson_tag_without_gpu(tiny_onnx, tmp_path):
     target = get_target("jetson-orin-nano")
     mod = build_relax_module(tiny_onnx, "input", (1, 3, 32, 32))
     ex = tvm.compile(mod, target=target.tvm())
+
     def walk(m):
         yield m
         for sub in m.imports:
@@ -141,7 +156,7 @@ def test_cuda_source_for_jetson_tag_without_gpu(tiny_onnx, tmp_path):
     cuda_mods = [m for m in walk(ex.mod) if m.kind == "cuda"]
     assert cuda_mods, [m.kind for m in walk(ex.mod)]
     src = cuda_mods[0].inspect_source()
-    assert "__global__" in src and "extern \"C\"" in src
+    assert "__global__" in src and 'extern "C"' in src
     # and the backend writes an aarch64 host library embedding it
     c = get_backend("tvm").compile(tiny_onnx, target, tmp_path / "orin")
     assert _elf_machine(c.path) == EM_AARCH64 and c.extra["device"] == "cuda"
@@ -151,8 +166,7 @@ def test_cuda_source_for_jetson_tag_without_gpu(tiny_onnx, tmp_path):
 
         cu = tmp_path / "k.cu"
         cu.write_text(src)
-        r = subprocess.run([nvcc, "-arch=sm_87", "-cubin", "-o", str(tmp_path / "k.cubin"), str(cu)],
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run([nvcc, "-arch=sm_87", "-cubin", "-o", str(tmp_path / "k.cubin"), str(cu)], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -185,8 +199,7 @@ def test_cli_compile_updates_manifest(tiny_onnx, tmp_path):
     shutil.copyfile(tiny_onnx, art / "model.onnx")
     ap = argparse.ArgumentParser()
     cli.add_parser(ap.add_subparsers(dest="cmd"))
-    args = ap.parse_args(["compile", "--target", "x86", "--backend", "tvm", "--repeats", "5", "--warmup", "1",
-                          "--no-cache", str(art)])
+    args = ap.parse_args(["compile", "--target", "x86", "--backend", "tvm", "--repeats", "5", "--warmup", "1", "--no-cache", str(art)])
     assert cli.run(args) == 0
     m = load_manifest(art)
     assert m["model"] == {"name": "tiny"}
@@ -207,8 +220,6 @@ def test_local_runner(tiny_onnx, tmp_path):
     assert res.measured_on == "local" and res.tag == "tiny"
     np.testing.assert_allclose(res.outputs, np.stack([OrtRunner(tiny_onnx).run(x) for x in xs]), atol=1e-4)
     assert LocalRunner(LocalRunnerConfig(FAST)).measure(MeasureInput(c)).outputs is None  # timing only
-
-
 
 
 def test_gpu_check_prepare_compiles_for_cuda_without_a_gpu(tmp_path):

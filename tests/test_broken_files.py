@@ -3,6 +3,7 @@
 Run in-process through ``metaedge.cli.main.main`` (a traceback would fail the test as an exception),
 with settings that would finish in seconds should a broken file ever be accepted.
 """
+
 import gzip
 import json
 import os
@@ -16,7 +17,27 @@ from conftest import run_cli
 from metaedge.cli.main import main
 
 # compress flags that make an accepted file cost seconds, not a training run
-_FAST = ["--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--epochs", "0", "--prune-macs", "off", "--quant", "off", "--target", "none", "--repeats", "1", "--warmup", "0", "--quiet"]
+_FAST = [
+    "--model",
+    "resnet20",
+    "--width-mult",
+    "0.5",
+    "--input-size",
+    "8",
+    "--epochs",
+    "0",
+    "--prune-macs",
+    "off",
+    "--quant",
+    "off",
+    "--target",
+    "none",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +121,28 @@ def _cases():
         cases.append((f"tune-targets-file-{c}", lambda f, o, c=c: ["tune", str(f["onnx_text"]), "--target", "x86", "--targets-file", str(f[c])]))
     for d in data:
         cases.append((f"compress-data-{d}", lambda f, o, d=d: ["compress", "--data", str(f[d]), *_FAST, "--out", o, "--cache-dir", o]))
-        cases.append((f"export-data-{d}", lambda f, o, d=d: ["export", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--data", str(f[d]), "--out", f"{o}/m.onnx"]))
+        cases.append(
+            (
+                f"export-data-{d}",
+                lambda f, o, d=d: ["export", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--data", str(f[d]), "--out", f"{o}/m.onnx"],
+            )
+        )
     for m in ("pt2_random", "empty"):
-        cases.append((f"compress-model-{m}", lambda f, o, m=m: ["compress", "--model", str(f[m].with_suffix(".pt2") if m == "pt2_random" else f["pt2_random"]), *_FAST[2:], "--out", o, "--cache-dir", o]))
+        cases.append(
+            (
+                f"compress-model-{m}",
+                lambda f, o, m=m: [
+                    "compress",
+                    "--model",
+                    str(f[m].with_suffix(".pt2") if m == "pt2_random" else f["pt2_random"]),
+                    *_FAST[2:],
+                    "--out",
+                    o,
+                    "--cache-dir",
+                    o,
+                ],
+            )
+        )
         cases.append((f"info-model-{m}", lambda f, o, m=m: ["info", str(f["pt2_random"])]))
         cases.append((f"export-model-{m}", lambda f, o, m=m: ["export", str(f["pt2_random"]), "--out", f"{o}/m.onnx"]))
     for x in onnx:
@@ -114,7 +154,22 @@ def _cases():
         cases.append((f"compile-{a}", lambda f, o, a=a: ["compile", str(f[a]), "--target", "x86", "--backend", "onnxruntime"]))
         cases.append((f"tune-{a}", lambda f, o, a=a: ["tune", str(f[a]), "--target", "x86", "--trials", "1", "--tuning-dir", o]))
         cases.append((f"deploy-{a}", lambda f, o, a=a: ["deploy", "--target", "x86", "--artifact", str(f[a]), "--out", f"{o}/bundle"]))
-    cases.append(("deploy-ca-cert-random", lambda f, o: ["deploy", "--target", "x86", "--artifact", str(f["artifact_bad_manifest"]), "--ca-cert", str(f["pem_random"]), "--out", f"{o}/bundle"]))
+    cases.append(
+        (
+            "deploy-ca-cert-random",
+            lambda f, o: [
+                "deploy",
+                "--target",
+                "x86",
+                "--artifact",
+                str(f["artifact_bad_manifest"]),
+                "--ca-cert",
+                str(f["pem_random"]),
+                "--out",
+                f"{o}/bundle",
+            ],
+        )
+    )
     return cases
 
 
@@ -137,7 +192,9 @@ def test_random_bytes_are_not_called_a_pickle(corpus, capsys):
     assert "not a torch archive" in err and "would run code" not in err
 
 
-@pytest.mark.parametrize("key,needle", [("npz_nan", "NaN"), ("npz_float_labels", "labels must be integers"), ("npz_one_class", "only 1 class"), ("torch_tensor", "not a state dict")])
+@pytest.mark.parametrize(
+    "key,needle", [("npz_nan", "NaN"), ("npz_float_labels", "labels must be integers"), ("npz_one_class", "only 1 class"), ("torch_tensor", "not a state dict")]
+)
 def test_the_line_names_the_problem(key, needle, corpus, tmp_path, capsys):
     flag = "--weights" if key.startswith("torch") else "--data"
     assert main(["compress", flag, str(corpus[key]), *_FAST, "--out", str(tmp_path), "--cache-dir", str(tmp_path)]) == 2

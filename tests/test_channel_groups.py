@@ -1,4 +1,5 @@
 """Channel groups found by torch.fx on hand-built models with every coupling pattern."""
+
 from __future__ import annotations
 
 import warnings

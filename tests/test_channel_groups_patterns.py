@@ -1,4 +1,5 @@
 """Channel splits, training-only modules and pass-through functions: analysis, PruningNet, materialise."""
+
 from __future__ import annotations
 
 import copy

@@ -2,6 +2,7 @@
 
 Run in a subprocess: if the default ever flips back to channels_last, the abort kills only the child.
 """
+
 import subprocess
 import sys
 

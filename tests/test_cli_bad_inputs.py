@@ -1,4 +1,5 @@
 """Bad input gets one line naming the problem and the fix, exit code 2, no traceback."""
+
 import pickle
 
 import pytest
@@ -60,7 +61,9 @@ def test_wrong_input_shape_for_onnx(tiny_onnx):
 
 
 def test_wrong_input_shape_for_model(tmp_path):
-    (tmp_path / "usernet.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))\n")
+    (tmp_path / "usernet.py").write_text(
+        "import torch.nn as nn\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))\n"
+    )
     proc = run_cli("info", "usernet:make", "--in-chans", "1", "--input-size", "8", env={"PYTHONPATH": str(tmp_path)})
     _assert_one_line_error(proc, "does not accept input of shape (1, 1, 8, 8)", "--in-chans")
 

@@ -1,4 +1,5 @@
 """`metaedge compress` end to end on a tiny setting: real data, training, export, parity, latency."""
+
 import json
 
 from conftest import run_cli
@@ -6,7 +7,30 @@ from conftest import run_cli
 
 def test_compress_foundation_chain(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = ["compress", "--model", "resnet20", "--width-mult", "0.25", "--input-size", "8", "--epochs", "2", "--prune-macs", "off", "--quant", "off", "--target", "none", "--repeats", "20", "--out", str(out), "--cache-dir", str(cache), "--quiet"]
+    args = [
+        "compress",
+        "--model",
+        "resnet20",
+        "--width-mult",
+        "0.25",
+        "--input-size",
+        "8",
+        "--epochs",
+        "2",
+        "--prune-macs",
+        "off",
+        "--quant",
+        "off",
+        "--target",
+        "none",
+        "--repeats",
+        "20",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+    ]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "metaedge summary" in proc.stdout and "eager / ONNX Runtime" in proc.stdout
@@ -35,7 +59,33 @@ def test_compress_foundation_chain(tmp_path):
 def test_compress_full_chain_prune_quant_compile(tmp_path):
     """Prune -> int8 QAT -> QDQ export + parity -> compile for the host: every stage in the manifest."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    proc = run_cli("compress", "--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--epochs", "2", "--prune-macs", "0.5", "--quant", "w8a8", "--target", "x86", "--backend", "onnxruntime", "--repeats", "20", "--out", str(out), "--cache-dir", str(cache), "--quiet", timeout=900)
+    proc = run_cli(
+        "compress",
+        "--model",
+        "resnet20",
+        "--width-mult",
+        "0.5",
+        "--input-size",
+        "8",
+        "--epochs",
+        "2",
+        "--prune-macs",
+        "0.5",
+        "--quant",
+        "w8a8",
+        "--target",
+        "x86",
+        "--backend",
+        "onnxruntime",
+        "--repeats",
+        "20",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     base, prune, quant = m["stages"]["baseline"], m["stages"]["prune"], m["stages"]["quant"]

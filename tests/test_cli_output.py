@@ -1,4 +1,5 @@
 """CLI output piped to a file or a log: result lines are never wrapped, whatever the path or width."""
+
 from __future__ import annotations
 
 import re
@@ -36,15 +37,16 @@ def _no_terminal_env() -> dict:
 def test_profile_result_line_is_whole_when_piped(long_path_onnx):
     r = run_cli("profile", str(long_path_onnx), "--repeats", "5", env=_no_terminal_env())
     assert r.returncode == 0, r.stderr
-    pattern = re.compile(rf"^{re.escape(str(long_path_onnx))} input \(1, 1, 8, 8\) onnxruntime 1 thread\(s\): "
-                         r"p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms over 5 runs$")
+    pattern = re.compile(
+        rf"^{re.escape(str(long_path_onnx))} input \(1, 1, 8, 8\) onnxruntime 1 thread\(s\): "
+        r"p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms over 5 runs$"
+    )
     assert any(pattern.match(line) for line in r.stdout.splitlines()), r.stdout
 
 
 def test_export_result_line_is_whole_when_piped(tmp_path):
     out = tmp_path / DEEP / "r20.onnx"
-    r = run_cli("export", "resnet20", "--input-size", "8", "--num-classes", "3", "--in-chans", "1", "-o", str(out),
-                env=_no_terminal_env())
+    r = run_cli("export", "resnet20", "--input-size", "8", "--num-classes", "3", "--in-chans", "1", "-o", str(out), env=_no_terminal_env())
     assert r.returncode == 0, r.stderr
     pattern = re.compile(rf"^wrote {re.escape(str(out))}: parity max abs err \S+, top-1 agreement [\d.]+ on \d+ inputs$")
     assert any(pattern.match(line) for line in r.stdout.splitlines()), r.stdout

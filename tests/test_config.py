@@ -1,4 +1,5 @@
 """Typed configs from TOML / YAML files plus flag overrides, validated key by key."""
+
 import re
 
 import pytest

@@ -1,4 +1,5 @@
 """The analytic cost model against the papers' numbers and torch's own FLOP counter."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -40,7 +41,9 @@ def test_exactly_matches_flop_counter(name, kw, shape):
 
 
 def test_grouped_and_depthwise_conv():
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, groups=4), nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
+    model = nn.Sequential(
+        nn.Conv2d(8, 16, 3, padding=1, groups=4), nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.Flatten(), nn.Linear(16 * 4 * 4, 5)
+    )
     shape = (1, 8, 8, 8)
     cost = count_cost(model, shape)
     expected = 8 * 8 * 16 * (8 // 4) * 9 + 4 * 4 * 16 * 1 * 9 + 256 * 5

@@ -1,4 +1,5 @@
 """Embedded digits, image folder and .npz sources; deterministic stratified splits."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """IDX (MNIST-format) folders, the named Fashion-MNIST source, --train-subset, native input sizes
 and load-time validation of images and labels."""
+
 import gzip
 import struct
 from collections import Counter

@@ -1,5 +1,6 @@
 """`metaedge deploy` bundles (no Docker needed): contents per target, commands, and that the copied
 runner works on its own (outside the repo, torch blocked) like it will inside the container."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ from metaedge.deploy.bundle import BUNDLE_TARGETS, BundleConfig, resolve_target,
 from metaedge.errors import MetaedgeError
 
 RUNNER_FILES = {
-    "runtime/metaedge/__init__.py", "runtime/metaedge/errors.py", "runtime/metaedge/latency.py",
-    "runtime/metaedge/artifacts.py", "runtime/metaedge/deploy/__init__.py",
+    "runtime/metaedge/__init__.py",
+    "runtime/metaedge/errors.py",
+    "runtime/metaedge/latency.py",
+    "runtime/metaedge/artifacts.py",
+    "runtime/metaedge/deploy/__init__.py",
 }
 
 
@@ -41,7 +45,12 @@ def test_bundle_contents_per_target(artifact, tmp_path, target):
     # Exactly the model + trimmed manifest from the artifact: no state dict, no training data.
     assert {f for f in files if f.startswith("artifact/")} == {"artifact/model.onnx", "artifact/manifest.json"}
     assert {f for f in files if not f.startswith(("runtime/", "artifact/", "certs/"))} == {
-        "Dockerfile", ".dockerignore", "README.md", "bundle.json", "requirements.txt"}
+        "Dockerfile",
+        ".dockerignore",
+        "README.md",
+        "bundle.json",
+        "requirements.txt",
+    }
     assert not any(f.endswith((".pt", ".pyc")) or "data/" in f or "__pycache__" in f for f in files)
     assert set(b.files) == files
 
@@ -93,8 +102,7 @@ def test_rewrite_existing_bundle_and_ca_certs(artifact, tmp_path):
     crt.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     out = tmp_path / "b"
     write_bundle(BundleConfig(target="x86", artifact=artifact, out=out))
-    b = write_bundle(BundleConfig(target="rpi4", artifact=artifact, out=out, ca_certs=(crt,),
-                                  pins=("onnxruntime==1.20.1", "psutil>=5")))
+    b = write_bundle(BundleConfig(target="rpi4", artifact=artifact, out=out, ca_certs=(crt,), pins=("onnxruntime==1.20.1", "psutil>=5")))
     reqs = (out / "requirements.txt").read_text().split()
     assert "onnxruntime==1.20.1" in reqs and "psutil>=5" in reqs and not any(r.startswith("onnxruntime==1.3") for r in reqs)
     assert b.target.platform == "linux/arm64"
@@ -117,8 +125,9 @@ def test_tvm_bundle_picks_compiled_library(artifact, tmp_path):
     assert json.loads((b.root / "artifact" / "manifest.json").read_text())["deploy"]["backend"] == "tvm"
     # a library whose compile-time parity verdict failed is not shipped
     manifest = json.loads((art / "manifest.json").read_text())
-    manifest["compiled"] = {"x86": {"tvm": {"path": "compiled/x86/tvm/model.so", "status": "ok", "parity_pass": False,
-                                            "parity": {"max_abs_err": 0.7, "top1_agreement": 0.5}}}}
+    manifest["compiled"] = {
+        "x86": {"tvm": {"path": "compiled/x86/tvm/model.so", "status": "ok", "parity_pass": False, "parity": {"max_abs_err": 0.7, "top1_agreement": 0.5}}}
+    }
     (art / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MetaedgeError, match="failed the parity check at compile .*--backend onnxruntime"):
         write_bundle(BundleConfig(target="x86", artifact=art, out=tmp_path / "c", backend="tvm"))
@@ -147,8 +156,12 @@ def test_bundled_runner_runs_standalone(artifact, tmp_path):
     b = write_bundle(BundleConfig(target="x86", artifact=artifact, out=tmp_path / "b"))
     x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    r = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(b.root / "runtime"), "run", "--artifact", str(b.root / "artifact"), "--json", str(tmp_path / "x.npy")],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", BLOCKED_RUN, str(b.root / "runtime"), "run", "--artifact", str(b.root / "artifact"), "--json", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     want = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]

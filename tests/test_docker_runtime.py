@@ -4,6 +4,7 @@ Both images start from the local debootstrap base (Docker Hub is unreachable her
 the runner's pip requirements (cached as a layer, keyed on requirements.txt). Cold, the ARM64
 image pays ~1-3 min of emulated apt/pip; warm, both builds are cache hits.
 """
+
 from __future__ import annotations
 
 import glob
@@ -91,22 +92,50 @@ def test_arm64_bundle_runs_under_qemu(artifact, tmp_path):
     os.chmod(inputs / "x.npy", 0o644)
     # Detached + `docker wait` with a deadline: an emulated process that hangs must not hang the suite.
     name = f"metaedge-test-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "--ulimit", "core=0", "--platform", "linux/arm64", "-v", f"{inputs}:/in:ro",
-           bundle.image, "run", "--json", "/in/x.npy", env=env)
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--ulimit",
+        "core=0",
+        "--platform",
+        "linux/arm64",
+        "-v",
+        f"{inputs}:/in:ro",
+        bundle.image,
+        "run",
+        "--json",
+        "/in/x.npy",
+        env=env,
+    )
     try:
         waited = docker("wait", name, env=env, timeout=600, check=False)
         logs = docker("logs", name, env=env, check=False)
     finally:
         docker("rm", "-f", name, env=env, check=False)
     if "uncaught target signal" in logs.stderr + logs.stdout:
-        pytest.xfail(f"the aarch64 onnxruntime wheel crashes under this machine's qemu-user "
-                     f"({(logs.stderr + logs.stdout).strip().splitlines()[-1]}); the image itself built for arm64")
+        pytest.xfail(
+            f"the aarch64 onnxruntime wheel crashes under this machine's qemu-user "
+            f"({(logs.stderr + logs.stdout).strip().splitlines()[-1]}); the image itself built for arm64"
+        )
     assert waited.stdout.strip() == "0", logs.stdout + logs.stderr
     out = json.loads(logs.stdout.strip().splitlines()[-1])
     want = ort_reference(artifact, x)
     # Different CPU kernels (NEON vs AVX): close, not bit-identical.
     np.testing.assert_allclose(np.array(out["logits"]), want, rtol=1e-4, atol=1e-4)
     assert out["top1"] == np.argmax(want, 1).tolist()
-    machine = docker("run", "--rm", "--platform", "linux/arm64", "--entrypoint", "python3", bundle.image,
-                     "-c", "import platform; print(platform.machine())", env=env, timeout=120).stdout.strip()
+    machine = docker(
+        "run",
+        "--rm",
+        "--platform",
+        "linux/arm64",
+        "--entrypoint",
+        "python3",
+        bundle.image,
+        "-c",
+        "import platform; print(platform.machine())",
+        env=env,
+        timeout=120,
+    ).stdout.strip()
     assert machine == "aarch64"

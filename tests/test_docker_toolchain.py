@@ -3,6 +3,7 @@
 Cold (no build cache): apt + torch wheel + TVM/onnx deps, a few minutes. Warm: only the
 `COPY . /src` layer reruns when metaedge changed (seconds).
 """
+
 from __future__ import annotations
 
 import glob

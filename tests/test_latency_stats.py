@@ -1,4 +1,5 @@
 """Percentiles and the timing loop."""
+
 import pytest
 
 from metaedge.latency import TimingConfig, summarize, time_callable

@@ -1,6 +1,7 @@
 """Per-layer latency tables: one-layer ONNX models match the layer shapes, tables are measured on
 the target and cached on disk, predictions sum the layers and extrapolate to unseen widths, and
 make_latency_fn builds the search's budget function from a real model's LayerSpecs."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,9 @@ def test_make_latency_fn_from_model(tmp_path):
 
     from metaedge.compress import cost
 
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)
+    )
     specs = cost.layer_specs(model, (1, 3, 32, 32))
     fn = make_latency_fn("x86", specs=specs, timing=FAST, cache_path=tmp_path / "c.json", width_multipliers=(0.5, 1.0))
     full = fn(specs)

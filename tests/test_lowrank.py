@@ -1,4 +1,5 @@
 """Tucker low rank: exact at full rank, MACs as the cost model counts them, budget; export + parity through the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -85,7 +86,9 @@ def test_lowrank_model_fine_tunes_to_the_budget(tmp_path):
     assert res.summary()["ranks"] == res.ranks and res.ranks and set(res.reconstruction_error) == set(res.ranks)
     assert list((tmp_path / "work").glob("finetune-*.pt"))  # resumable like every fine-tune
     with pytest.raises(MetaedgeError, match="Tucker cannot bring"):
-        lowrank_model(ALL["depthwise"](), tiny_data(), LowRankConfig(budget=0.3 * count_cost(ALL["depthwise"](), (1, 3, 8, 8)).macs), tmp_path / "w2", quiet=True)
+        lowrank_model(
+            ALL["depthwise"](), tiny_data(), LowRankConfig(budget=0.3 * count_cost(ALL["depthwise"](), (1, 3, 8, 8)).macs), tmp_path / "w2", quiet=True
+        )
 
 
 def test_bad_lowrank_values_are_one_line_errors(tmp_path, capsys):
@@ -103,8 +106,38 @@ def test_bad_lowrank_values_are_one_line_errors(tmp_path, capsys):
 def test_cli_tucker_after_pruning_end_to_end(tmp_path):
     """--lowrank tucker composed with a pruner (uniform, for speed): widths and ranks in the manifest, budget met."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    proc = run_cli("compress", "--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--epochs", "1", "--pruner", "uniform", "--lowrank", "tucker",
-                   "--prune-macs", "0.5", "--train-subset", "256", "--quant", "off", "--target", "none", "--repeats", "5", "--warmup", "1", "--out", str(out), "--cache-dir", str(cache), "--quiet")
+    proc = run_cli(
+        "compress",
+        "--model",
+        "resnet20",
+        "--width-mult",
+        "0.5",
+        "--input-size",
+        "8",
+        "--epochs",
+        "1",
+        "--pruner",
+        "uniform",
+        "--lowrank",
+        "tucker",
+        "--prune-macs",
+        "0.5",
+        "--train-subset",
+        "256",
+        "--quant",
+        "off",
+        "--target",
+        "none",
+        "--repeats",
+        "5",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pruned (uniform+tucker)" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())

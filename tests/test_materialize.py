@@ -1,4 +1,5 @@
 """Materialised networks really shrink, run, and cost what the analytic pricer says."""
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """runner_for: the one place that decides where an artifact is measured (here, over TVM RPC, or
 nowhere with a one-line reason); no device or backend is needed to check the decision."""
+
 from __future__ import annotations
 
 import platform
@@ -30,12 +31,15 @@ def test_rpc_for_tvm_on_a_device():
     assert isinstance(runner, RpcRunner) and runner.config.device == DeviceSpec("10.0.0.2", 9190, "rpi4")
 
 
-@pytest.mark.parametrize("target, backend, device, message", [
-    (OTHER, "tvm", None, "built for .*; measure it on the device with --device tracker-host:port/key"),
-    (OTHER, "onnxruntime", None, "built for"),
-    (HERE, "onnxruntime", "127.0.0.1:9190/k", "onnxruntime cannot be measured over TVM RPC; measure it with the device runner"),
-    (HERE, "tensorrt", "127.0.0.1:9190/k", "tensorrt cannot be measured over TVM RPC"),
-])
+@pytest.mark.parametrize(
+    "target, backend, device, message",
+    [
+        (OTHER, "tvm", None, "built for .*; measure it on the device with --device tracker-host:port/key"),
+        (OTHER, "onnxruntime", None, "built for"),
+        (HERE, "onnxruntime", "127.0.0.1:9190/k", "onnxruntime cannot be measured over TVM RPC; measure it with the device runner"),
+        (HERE, "tensorrt", "127.0.0.1:9190/k", "tensorrt cannot be measured over TVM RPC"),
+    ],
+)
 def test_not_measurable_says_where(target, backend, device, message):
     with pytest.raises(NotMeasurable, match=message):
         runner_for(get_target(target), backend, device)

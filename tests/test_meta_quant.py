@@ -1,5 +1,6 @@
 """QAT training: the meta network learns through the quantized forward pass, STE and LSQ, SGD and
 Adam (MetaQuant's W_meta is the optimiser's next weight), BN live, distillation, checkpoint + resume."""
+
 from __future__ import annotations
 
 import copy
@@ -210,13 +211,13 @@ def test_collapsed_fc_equals_explicit_two_layer_fc():
 
 def test_ste_switch_has_no_meta_network_and_trains():
     m = prepared()
-    before = {n: l.weight.detach().clone() for n, l in quant_layers(m)}
+    before = {n: layer.weight.detach().clone() for n, layer in quant_layers(m)}
     tl, vl = loaders()
     meta = MetaNet("fc")
     before_meta = [p.detach().clone() for p in meta.parameters()]
     train_qat(m, tl, vl, qat("ste", 2, 0.05), quiet=True, meta=meta)
     assert all(torch.equal(p, q) for p, q in zip(meta.parameters(), before_meta))  # STE leaves a meta network alone
-    assert any(not torch.equal(before[n], l.weight) for n, l in quant_layers(m))
+    assert any(not torch.equal(before[n], layer.weight) for n, layer in quant_layers(m))
     with pytest.raises(MetaedgeError, match="unknown QAT method"):
         qat("sgd", 1, 0.05)
 
@@ -305,7 +306,7 @@ def test_distillation_from_a_teacher_enters_the_loss():
     losses = {}
     for alpha in (0.0, 1.0):
         seen = []
-        train_qat(prepared(), tl, vl, qat("ste", 1, 0.05, kd_alpha=alpha), teacher=teacher, quiet=True, on_step=lambda s: seen.append(s["loss"]))
+        train_qat(prepared(), tl, vl, qat("ste", 1, 0.05, kd_alpha=alpha), teacher=teacher, quiet=True, on_step=lambda s, seen=seen: seen.append(s["loss"]))
         losses[alpha] = seen[0]
     assert losses[0.0] != pytest.approx(losses[1.0])
 
@@ -337,5 +338,8 @@ def test_quantize_model_entry_point(tmp_path):
     # default policy: the first conv and the last linear keep 8 bits (a 7-bit grid in the default
     # ort profile); BN-folded layers have a bias
     assert [(r["name"], r["bits"], r["why"], r["bn_folded"]) for r in res.layers] == [
-        ("c1.0", 7, "first; ort profile: 8 -> 7 bits", True), ("c2", 4, "body", True), ("fc", 7, "last; ort profile: 8 -> 7 bits", False)]
+        ("c1.0", 7, "first; ort profile: 8 -> 7 bits", True),
+        ("c2", 4, "body", True),
+        ("fc", 7, "last; ort profile: 8 -> 7 bits", False),
+    ]
     assert res.packed_bytes == sum(r["packed_bytes"] for r in res.layers) == res.to_dict()["packed_bytes"]

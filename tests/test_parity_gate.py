@@ -1,4 +1,5 @@
 """ONNX export and the parity gate, including an export broken on purpose that must be caught."""
+
 import numpy as np
 import onnx
 import pytest

@@ -1,5 +1,6 @@
 """The one parity rule (metaedge.parity): fp32 judged by an absolute bound, quantized artifacts in
 steps of the output quantizer, one compare function, and the ONNX output step it reads."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,13 @@ def test_one_sample_shapes_and_mismatch():
 
 def test_tolerances_are_checked_when_built():
     assert FP32.kind == "fp32" and QUANTIZED.kind == "quantized"
-    for bad in (dict(kind="int4"), dict(kind="fp32"), dict(kind="fp32", atol=-1.0), dict(kind="quantized", max_steps=2.0),
-                dict(kind="fp32", atol=1e-3, min_top1_agreement=1.5)):
+    for bad in (
+        dict(kind="int4"),
+        dict(kind="fp32"),
+        dict(kind="fp32", atol=-1.0),
+        dict(kind="quantized", max_steps=2.0),
+        dict(kind="fp32", atol=1e-3, min_top1_agreement=1.5),
+    ):
         with pytest.raises(MetaedgeError):
             Tolerance(**bad)
 
@@ -66,12 +72,16 @@ def _graph(path, quantized_output: bool, scale_as_constant: bool = False):
         else:
             inits.append(numpy_helper.from_array(scale, "s"))
         inits.append(numpy_helper.from_array(np.array(0, np.uint8), "z"))
-        nodes += [helper.make_node("QuantizeLinear", ["y", "s", "z"], ["q"]),
-                  helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"])]
+        nodes += [helper.make_node("QuantizeLinear", ["y", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"])]
     else:
         nodes.append(helper.make_node("Identity", ["y"], ["logits"]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 

@@ -1,5 +1,6 @@
 """run_pipeline on a tiny setting (ResNet-20 at width 0.5, 8x8 digits, 256 training images, 1 epoch):
 the latency-budget, PTQ and STE paths; the cache keys; the typed manifest against the README."""
+
 import json
 import re
 from pathlib import Path
@@ -19,8 +20,18 @@ def cache(tmp_path_factory):
 
 
 def _tiny(tmp_path: Path, cache: Path, **overrides) -> PipelineConfig:
-    base = {"model": "resnet20", "width_mult": 0.5, "out": str(tmp_path / "out"), "cache_dir": str(cache), "targets": (), "prune_macs": "off", "quant": "off",
-            "data": {"input_size": 8, "train_subset": 256}, "train": {"epochs": 1}, "timing": {"repeats": 3, "warmup": 1}}
+    base = {
+        "model": "resnet20",
+        "width_mult": 0.5,
+        "out": str(tmp_path / "out"),
+        "cache_dir": str(cache),
+        "targets": (),
+        "prune_macs": "off",
+        "quant": "off",
+        "data": {"input_size": 8, "train_subset": 256},
+        "train": {"epochs": 1},
+        "timing": {"repeats": 3, "warmup": 1},
+    }
     return merge_overrides(PipelineConfig(), {**base, **overrides})
 
 
@@ -132,8 +143,16 @@ def _readme_rows() -> dict[str, str]:
 
 
 SECTIONS = {
-    "model": mf.ModelSection, "data": mf.DataSection, "stages.baseline": mf.BaselineStage, "stages.prune": mf.PruneStage, "stages.quant": mf.QuantStage,
-    "stages.final": mf.FinalStage, "cost": mf.CostSection, "export": mf.ExportSection, "latency_ratios": mf.LatencyRatios, "run": mf.RunSection,
+    "model": mf.ModelSection,
+    "data": mf.DataSection,
+    "stages.baseline": mf.BaselineStage,
+    "stages.prune": mf.PruneStage,
+    "stages.quant": mf.QuantStage,
+    "stages.final": mf.FinalStage,
+    "cost": mf.CostSection,
+    "export": mf.ExportSection,
+    "latency_ratios": mf.LatencyRatios,
+    "run": mf.RunSection,
 }
 
 

@@ -1,4 +1,5 @@
 """PruningNet training and candidate scoring data-parallel: 2 processes (gloo) under torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,10 @@ def test_two_ranks_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [torchrun, "--nproc_per_node=2", "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(worker), str(tmp_path)],
-        capture_output=True, text=True, timeout=240, env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())

@@ -1,4 +1,5 @@
 """A pruned (materialised) network exports to ONNX and matches ONNX Runtime within 1e-4."""
+
 from __future__ import annotations
 
 import random

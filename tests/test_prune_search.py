@@ -1,4 +1,5 @@
 """Evolutionary search: budget respected, resumable after a kill, and the whole prune stage end to end."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,18 @@ def test_prune_model_end_to_end_and_resume(tmp_path):
     model = ALL["residual"]()
     data = tiny_data()
     base = count_cost(model, (1, 3, 8, 8)).macs
-    cfg = replace(PRESETS["demo"], budget=0.4 * base, channel_multiple=4, pruningnet_epochs=2, population=6, generations=2,
-                  parents=2, recalib_batches=2, finetune_epochs=1, batch_size=32)
+    cfg = replace(
+        PRESETS["demo"],
+        budget=0.4 * base,
+        channel_multiple=4,
+        pruningnet_epochs=2,
+        population=6,
+        generations=2,
+        parents=2,
+        recalib_batches=2,
+        finetune_epochs=1,
+        batch_size=32,
+    )
     res = prune_model(model, data, cfg, tmp_path, quiet=True)
     assert res.macs <= cfg.budget and res.base_macs == base
     assert res.model(X).shape == (2, 5)

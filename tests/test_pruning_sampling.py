@@ -1,4 +1,5 @@
 """PruningNet training widths (sandwich rule in a budget band), training starts, the rank diagnostic."""
+
 from __future__ import annotations
 
 import random
@@ -111,8 +112,7 @@ def test_rank_check_scores_in_budget_structures():
     cost = lambda w: float(pricer.macs(w))  # noqa: E731
     pn = PruningNet(model, a, hidden=8, init_from_model=True)
     budget = 0.5 * pricer.base_macs
-    check = rank_check(pn, model, a, space, cost, budget, data, recalib_batches(data.train, 32, 2, 0),
-                       TrainConfig(epochs=1, batch_size=32, lr=0.02), n=5)
+    check = rank_check(pn, model, a, space, cost, budget, data, recalib_batches(data.train, 32, 2, 0), TrainConfig(epochs=1, batch_size=32, lr=0.02), n=5)
     assert len(check.points) == 5
     assert len({tuple(sorted(p["widths"].items())) for p in check.points}) == 5  # distinct structures
     assert all(p["cost"] <= budget for p in check.points)
@@ -127,8 +127,21 @@ def test_rank_check_scores_in_budget_structures():
 
 def test_prune_model_records_rank_check_and_start(tmp_path):
     model, _, _, pricer = _setup()
-    cfg = replace(PRESETS["demo"], budget=0.4 * pricer.base_macs, channel_multiple=4, pruningnet_epochs=1, hidden=8, population=4,
-                  generations=1, parents=2, recalib_batches=2, finetune_epochs=1, batch_size=32, rank_check=3, start="best")
+    cfg = replace(
+        PRESETS["demo"],
+        budget=0.4 * pricer.base_macs,
+        channel_multiple=4,
+        pruningnet_epochs=1,
+        hidden=8,
+        population=4,
+        generations=1,
+        parents=2,
+        recalib_batches=2,
+        finetune_epochs=1,
+        batch_size=32,
+        rank_check=3,
+        start="best",
+    )
     res = prune_model(model, tiny_data(), cfg, tmp_path, quiet=True)
     assert res.rank_check is not None and res.rank_check["n"] == 3
     assert res.init in ("generated", "inherited") and set(res.start_accuracy) == {"generated", "inherited"}

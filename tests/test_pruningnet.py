@@ -1,4 +1,5 @@
 """PruningNet: generator shapes and cropping, training reduces the loss, checkpoint + resume."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """PTQ baseline: ORT quantize_static (QDQ, per-channel int8) with a CalibrationDataReader over train batches."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,15 @@ from metaedge.qdq.tensorrt_rules import check_tensorrt_qdq
 def _model() -> nn.Module:
     torch.manual_seed(0)
     m = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
     )
     m.train()
     with torch.no_grad():

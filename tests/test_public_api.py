@@ -1,4 +1,5 @@
 """The package's public API: lazy, complete, and importable without torch."""
+
 import importlib
 import subprocess
 import sys
@@ -45,8 +46,16 @@ def test_every_stage_has_an_entry():
     from metaedge.pipeline import run_pipeline
     from metaedge.deploy.measure.local import time_onnxruntime
 
-    expected = {"PipelineConfig": PipelineConfig, "run_pipeline": run_pipeline, "prune": prune_model, "quantize": quantize_model, "export": export_onnx,
-                "compile": compile_for_target, "profile": time_onnxruntime, "write_bundle": write_bundle}
+    expected = {
+        "PipelineConfig": PipelineConfig,
+        "run_pipeline": run_pipeline,
+        "prune": prune_model,
+        "quantize": quantize_model,
+        "export": export_onnx,
+        "compile": compile_for_target,
+        "profile": time_onnxruntime,
+        "write_bundle": write_bundle,
+    }
     for name, obj in expected.items():
         assert getattr(metaedge, name) is obj, name
         assert name in metaedge.__all__

@@ -1,5 +1,6 @@
 """QDQ ONNX export in both profiles: structure, k-bit grids, BN folded exactly, ORT parity in
 quantization steps, int8 fusion in ORT, TensorRT placement rules, and the profile choice."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -111,7 +112,10 @@ def test_ort_structure_and_k_bit_grids(exported, key):
 def test_initializers_reproduce_folded_fake_quant_weights(exported):
     q, path, _ = exported[("ort", "dorefa", 2)]
     g, inits, producer = _graph(path)
-    folded = sorted(((lambda qs: (qs[0].float() * qs[1].reshape(-1, *([1] * (qs[0].dim() - 1)))).numpy())(layer.int_weight()) for _, layer in quant_layers(q)), key=lambda a: a.size)
+    folded = sorted(
+        ((lambda qs: (qs[0].float() * qs[1].reshape(-1, *([1] * (qs[0].dim() - 1)))).numpy())(layer.int_weight()) for _, layer in quant_layers(q)),
+        key=lambda a: a.size,
+    )
     deq = []
     for node in (n for n in g.node if n.op_type in ("Conv", "Gemm")):
         dq = producer[node.input[1]]

@@ -1,5 +1,6 @@
 """Weight and activation quantizers: levels and ranges per k, exact scale*int, ONNX rounding, each
 quantizer's backward pinned to the standard straight-through estimator, LSQ, the per-layer bit policy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -210,7 +211,9 @@ def test_activation_fake_quant_matches_onnx_quantize_dequantize(symmetric):
     zp_type = TensorProto.INT8 if symmetric else TensorProto.UINT8
     graph = helper.make_graph(
         [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
-        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))], [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
         [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", zp_type, [], [zp])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

@@ -1,4 +1,5 @@
 """The model registry and safe loading of user models."""
+
 import pickle
 
 import pytest
@@ -33,6 +34,7 @@ def test_unknown_name_suggests_close_match():
 
 def test_duplicate_registration_refused():
     with pytest.raises(ValueError):
+
         @register_model
         def resnet20():  # noqa: F811
             return nn.Identity()

@@ -1,6 +1,7 @@
 """Remote measurement through a real TVM RPC tracker and servers on 127.0.0.1 (tools/rpc_server.py):
 remote timing with parity, two devices measured in parallel, a direct server, clear errors when a
 device is missing or drops, and the on-disk latency cache."""
+
 from __future__ import annotations
 
 import json
@@ -173,9 +174,7 @@ def test_compile_for_target_over_rpc_uses_cache(two_servers, x86_lib, tmp_path):
 
     onnx_path, _ = x86_lib
     cache = LatencyCache(tmp_path / "latency.json")
-    e1 = compile_for_target(onnx_path, "x86", tmp_path / "art", backends="tvm", timing=FAST, device=two_servers,
-                            cache=cache)
+    e1 = compile_for_target(onnx_path, "x86", tmp_path / "art", backends="tvm", timing=FAST, device=two_servers, cache=cache)
     assert e1["tvm"]["status"] == "ok" and e1["tvm"]["measured_on"] == two_servers and e1["tvm"]["parity_pass"]
-    e2 = compile_for_target(onnx_path, "x86", tmp_path / "art", backends="tvm", timing=FAST, device=two_servers,
-                            cache=cache)
+    e2 = compile_for_target(onnx_path, "x86", tmp_path / "art", backends="tvm", timing=FAST, device=two_servers, cache=cache)
     assert e2["tvm"].get("cached") is True and e2["tvm"]["latency"] == e1["tvm"]["latency"]

@@ -4,6 +4,7 @@ and that a library built for another architecture or for a GPU is never picked.
 The machine is injected (``Host``), so these pass on x86 and ARM hosts alike; fake libraries are
 just ELF headers, never loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,11 @@ def _write_compiled(art: Path, compiled: dict) -> dict:
 
 
 def _section(target: str, chosen: str, arch: str | None, gpu: bool = False, measured: bool = True, **backends) -> dict:
-    sec: dict = {"target": target, "chosen": chosen,
-                 "chosen_by": "fastest p50 among onnxruntime, tvm" if measured else "target preference (nothing could be measured here)"}
+    sec: dict = {
+        "target": target,
+        "chosen": chosen,
+        "chosen_by": "fastest p50 among onnxruntime, tvm" if measured else "target preference (nothing could be measured here)",
+    }
     if arch is not None:
         sec.update(arch=arch, gpu=gpu)
     for name, (path, p50) in backends.items():
@@ -72,12 +76,14 @@ def _x86_demo(art: Path) -> dict:
     (art / "compiled/x86/onnxruntime").mkdir(parents=True)
     shutil.copyfile(art / "model.onnx", art / "compiled/x86/onnxruntime/model.onnx")
     fake_library(art / "compiled/x86/tvm/model.so", "x86_64")
-    return _write_compiled(art, {"x86": _section("x86", "onnxruntime", "x86_64",
-                                                 onnxruntime=("compiled/x86/onnxruntime/model.onnx", 0.22),
-                                                 tvm=("compiled/x86/tvm/model.so", 6.1))})
+    return _write_compiled(
+        art,
+        {"x86": _section("x86", "onnxruntime", "x86_64", onnxruntime=("compiled/x86/onnxruntime/model.onnx", 0.22), tvm=("compiled/x86/tvm/model.so", 6.1))},
+    )
 
 
 # ---------------------------------------------------------------- host facts
+
 
 def test_elf_arch_and_target_facts(tmp_path):
     assert elf_arch(fake_library(tmp_path / "a.so", "aarch64")) == "aarch64"
@@ -94,6 +100,7 @@ def test_elf_arch_and_target_facts(tmp_path):
 
 # ---------------------------------------------------------------- the manifest's choice
 
+
 def test_no_flags_serves_the_backend_the_compile_stage_chose(art):
     manifest = _x86_demo(art)
     c = choose_model(art, manifest, host=X86, importable=lambda m: True)  # TVM importable, still not picked
@@ -103,8 +110,7 @@ def test_no_flags_serves_the_backend_the_compile_stage_chose(art):
 
 def test_chosen_tvm_is_served_when_it_runs_here(art):
     fake_library(art / "compiled/x86/tvm/model.so", "x86_64")
-    manifest = _write_compiled(art, {"x86": _section("x86", "tvm", "x86_64", tvm=("compiled/x86/tvm/model.so", 0.1),
-                                                     onnxruntime=("model.onnx", 0.3))})
+    manifest = _write_compiled(art, {"x86": _section("x86", "tvm", "x86_64", tvm=("compiled/x86/tvm/model.so", 0.1), onnxruntime=("model.onnx", 0.3))})
     c = choose_model(art, manifest, host=X86, importable=lambda m: True)
     assert (c.backend, c.path.name) == ("tvm", "model.so")
     # Chosen but not installed on this device: say so and fall back to ONNX Runtime.
@@ -116,8 +122,7 @@ def test_rpi4_library_is_never_picked_on_x86(art):
     """The reported failure: after `compile --target rpi4`, serving on x86 died in dlopen."""
     fake_library(art / "compiled/rpi4/tvm/model.so", "aarch64")
     for arch in ("aarch64", None):  # with the arch compile records now, and an older manifest without it
-        manifest = _write_compiled(art, {"rpi4": _section("rpi4", "tvm", arch, measured=False,
-                                                          tvm=("compiled/rpi4/tvm/model.so", None))})
+        manifest = _write_compiled(art, {"rpi4": _section("rpi4", "tvm", arch, measured=False, tvm=("compiled/rpi4/tvm/model.so", None))})
         c = choose_model(art, manifest, host=X86, importable=lambda m: True)
         assert (c.backend, c.path) == ("onnxruntime", art / "model.onnx")
         assert "no compiled target runs on this x86_64 machine" in c.reason and "rpi4 (aarch64)" in c.reason
@@ -134,10 +139,13 @@ def test_file_wins_over_a_wrong_manifest(art):
     # A user target without a recorded arch, or a manifest that lies: the ELF header decides.
     fake_library(art / "compiled/lab-pi/tvm/model.so", "aarch64")
     fake_library(art / "compiled/x86/tvm/model.so", "aarch64")
-    manifest = _write_compiled(art, {
-        "x86": _section("x86", "tvm", "x86_64", tvm=("compiled/x86/tvm/model.so", 0.1)),
-        "lab-pi": _section("lab-pi", "tvm", None, tvm=("compiled/lab-pi/tvm/model.so", 0.1)),
-    })
+    manifest = _write_compiled(
+        art,
+        {
+            "x86": _section("x86", "tvm", "x86_64", tvm=("compiled/x86/tvm/model.so", 0.1)),
+            "lab-pi": _section("lab-pi", "tvm", None, tvm=("compiled/lab-pi/tvm/model.so", 0.1)),
+        },
+    )
     c = choose_model(art, manifest, host=X86, importable=lambda m: True)
     assert c.backend == "onnxruntime" and "compiled/x86/tvm/model.so is an aarch64 library" in c.reason
     with pytest.raises(MetaedgeError, match="is an aarch64 library and this machine is x86_64"):
@@ -145,10 +153,13 @@ def test_file_wins_over_a_wrong_manifest(art):
 
 
 def test_gpu_targets_need_a_gpu_and_their_runtime(art):
-    manifest = _write_compiled(art, {
-        "cuda": _section("cuda", "tensorrt", "x86_64", gpu=True, tensorrt=("compiled/cuda/tensorrt/build_engine.py", None)),
-        "x86": _section("x86", "onnxruntime", "x86_64", onnxruntime=("model.onnx", 0.2)),
-    })
+    manifest = _write_compiled(
+        art,
+        {
+            "cuda": _section("cuda", "tensorrt", "x86_64", gpu=True, tensorrt=("compiled/cuda/tensorrt/build_engine.py", None)),
+            "x86": _section("x86", "onnxruntime", "x86_64", onnxruntime=("model.onnx", 0.2)),
+        },
+    )
     assert choose_model(art, manifest, host=X86, importable=lambda m: True).target == "x86"
     gpu = Host("x86_64", gpu=True)
     c = choose_model(art, manifest, host=gpu, importable=lambda m: m != "tensorrt")
@@ -170,6 +181,7 @@ def test_explicit_backend_and_bundle_deploy_section(art):
 
 
 # ---------------------------------------------------------------- end to end
+
 
 def test_serving_the_demo_folder_loads_the_chosen_backend(art):
     """No flags: the real loader takes the manifest's choice and says why; answers match ORT."""
@@ -193,8 +205,13 @@ def test_cli_with_a_foreign_library_runs_and_says_why(art, tmp_path):
     _write_compiled(art, {target: _section(target, "tvm", other, measured=False, tvm=(f"compiled/{target}/tvm/model.so", None))})
     x = np.zeros((1, 3, 16, 16), np.float32)
     np.save(tmp_path / "x.npy", x)
-    r = subprocess.run([sys.executable, "-m", "metaedge.deploy.runtime", "run", "--artifact", str(art), "--json",
-                        str(tmp_path / "x.npy")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "metaedge.deploy.runtime", "run", "--artifact", str(art), "--json", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["backend"] == "onnxruntime"
     assert f"{target} ({other})" in r.stderr and "ONNX Runtime on model.onnx" in r.stderr
@@ -210,8 +227,7 @@ def test_compile_records_the_target_arch(base, tmp_path):
     name = "x86" if here.arch == "x86_64" else "arm64"
     art = tmp_path / "art"
     shutil.copytree(base, art)
-    entry = compile_for_target(art / "model.onnx", name, art, backends="onnxruntime",
-                               timing=TimingConfig(warmup=1, repeats=3))
+    entry = compile_for_target(art / "model.onnx", name, art, backends="onnxruntime", timing=TimingConfig(warmup=1, repeats=3))
     assert entry["arch"] == here.arch and entry["gpu"] is False
     manifest = _write_compiled(art, {name: entry})
     c = choose_model(art, manifest, host=Host(here.arch))

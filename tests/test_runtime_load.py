@@ -6,6 +6,7 @@ slow sockets hold half-sent requests open. Asserts: no failed connection, every 
 a 4xx, every good answer equal to ONNX Runtime's on the host, the server healthy afterwards and
 SIGTERM exiting 0. Bounded: fixed request count, a deadline on the run, timeouts on every socket.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def artifact(tmp_path_factory) -> Path:
 
 
 def _serve(artifact: Path, *flags: str) -> tuple[subprocess.Popen, str, int]:
-    p = subprocess.Popen([sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact),
-                          "--port", "0", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact), "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     line = p.stdout.readline()  # printed once the model is loaded and warm
     if "serving" not in line:
         p.kill()

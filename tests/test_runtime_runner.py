@@ -1,4 +1,5 @@
 """Device runtime (metaedge.deploy.runtime) without Docker: loading, validation, CLI, HTTP server."""
+
 from __future__ import annotations
 
 import json
@@ -53,6 +54,7 @@ def test_runtime_imports_and_runs_without_torch(artifact):
 
 
 # ---------------------------------------------------------------- model + validation
+
 
 def test_load_and_parity_with_onnxruntime(artifact):
     from metaedge.deploy.runtime import load_model
@@ -123,6 +125,7 @@ def test_image_preprocess_matches_manifest(gray_artifact, tmp_path):
 
 # ---------------------------------------------------------------- CLI
 
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metaedge.deploy.runtime", *args], capture_output=True, text=True, cwd=REPO)
 
@@ -150,6 +153,7 @@ def test_cli_run_bad_input_exits_2(artifact, tmp_path):
 
 
 # ---------------------------------------------------------------- HTTP server
+
 
 @pytest.fixture(scope="module")
 def server(artifact):
@@ -226,8 +230,13 @@ def test_http_concurrent_requests(server, artifact):
 
 def test_cli_serve_subprocess(artifact):
     """The real entry point: binds, prints its URL, answers, stops on SIGTERM."""
-    p = subprocess.Popen([sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact), "--port", "0"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "metaedge.deploy.runtime", "serve", "--artifact", str(artifact), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         line = p.stdout.readline()
         assert "serving tinycnn (onnxruntime) on http://127.0.0.1:" in line, line + p.stderr.read()
@@ -240,6 +249,7 @@ def test_cli_serve_subprocess(artifact):
 
 
 # ---------------------------------------------------------------- HTTP profiling client + plot
+
 
 def test_http_runner_against_server(server, artifact, tmp_path):
     from metaedge.deploy.measure.base import MeasureInput
@@ -281,8 +291,24 @@ def test_cli_profile_url_and_local(server, artifact, tmp_path):
     from metaedge.cli.main import main
 
     out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
-    rc = main(["profile", str(artifact), "--url", server.url, "--repeats", "8", "--warmup", "1",
-               "--batch-sizes", "1,2", "--json", str(out_json), "--plot", str(out_png)])
+    rc = main(
+        [
+            "profile",
+            str(artifact),
+            "--url",
+            server.url,
+            "--repeats",
+            "8",
+            "--warmup",
+            "1",
+            "--batch-sizes",
+            "1,2",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ]
+    )
     assert rc == 0
     results = json.loads(out_json.read_text())["results"]
     assert [(r["source"].split("/")[0], r["batch"]) for r in results] == [("ort", 1), ("ort", 2), ("http", 1), ("http", 2)]

@@ -3,6 +3,7 @@ Retry-After), body-size limit before reading, read/idle timeouts, connection cap
 drain on shutdown, dynamic batching. A fake engine (controllable delay, answers derived from each
 input) keeps every case fast and deterministic; the ONNX Runtime model is in test_runtime_load.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -86,8 +87,7 @@ def npy(x: np.ndarray) -> bytes:
 
 
 def post_bytes(body: bytes, ctype: str = "application/x-npy", path: str = "/infer", extra: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-            ).encode() + body
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
@@ -139,6 +139,7 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
 
 # ---------------------------------------------------------------- readiness and lifecycle
 
+
 def test_healthz_is_503_until_the_model_is_loaded_and_warm(running):
     r = Running(None)
     try:
@@ -175,6 +176,7 @@ def test_shutdown_drains_in_flight_requests_then_refuses(running):
 
 
 # ---------------------------------------------------------------- bounded resources
+
 
 def test_listen_backlog_holds_a_burst_of_connections(running):
     """200 clients connect before the server accepts anything: all sit in the backlog, none is reset."""
@@ -222,8 +224,7 @@ def test_read_timeout_frees_slow_sockets(running):
     slow = []
     for i in range(20):
         s = socket.create_connection(r.addr, timeout=5)
-        s.sendall(b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Le" if i % 2 else
-                  b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{\"inp")
+        s.sendall(b"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Le" if i % 2 else b'POST /infer HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\n{"inp')
         slow.append(s)
     assert request(r.addr, post_bytes(npy(sample(4))))[0] == 200  # serving meanwhile
     for s in slow:
@@ -258,6 +259,7 @@ def test_connection_cap_answers_503(running):
 
 # ---------------------------------------------------------------- protocol
 
+
 def test_keepalive_expect_continue_and_protocol_errors(running):
     r = running()
     x = sample(7)
@@ -266,8 +268,7 @@ def test_keepalive_expect_continue_and_protocol_errors(running):
             s.sendall(post_bytes(npy(x)))
             assert read_response(s)[0] == 200
         body = npy(x)  # curl sends Expect: 100-continue for bodies over 1 KB and waits for the 100
-        s.sendall(f"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n"
-                  "Expect: 100-continue\r\n\r\n".encode())
+        s.sendall(f"POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-npy\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
         assert s.recv(25).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert read_response(s)[0] == 200
@@ -296,6 +297,7 @@ def test_keepalive_expect_continue_and_protocol_errors(running):
 
 
 # ---------------------------------------------------------------- dynamic batching
+
 
 def test_dynamic_batching_gathers_and_splits(running):
     model = fake_model()

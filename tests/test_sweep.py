@@ -1,4 +1,5 @@
 """`metaedge sweep`: budgets x quant from one baseline and one PruningNet, the frontier, resume, pick."""
+
 import csv
 import json
 import os
@@ -17,8 +18,19 @@ from metaedge.sweep.pick import choose_point, copy_point
 
 
 def _row(point, acc, ms):
-    return FrontierRow(point=point, series="s", pruner="metapruning", budget="0.5", quant="off", test_acc=acc, latency_ms=ms,
-                       latency_source="x86/onnxruntime (local)", macs=1, params=1, onnx_bytes=1)
+    return FrontierRow(
+        point=point,
+        series="s",
+        pruner="metapruning",
+        budget="0.5",
+        quant="off",
+        test_acc=acc,
+        latency_ms=ms,
+        latency_source="x86/onnxruntime (local)",
+        macs=1,
+        params=1,
+        onnx_bytes=1,
+    )
 
 
 def test_pareto_front_and_pick():
@@ -49,17 +61,20 @@ def test_copy_point_never_clobbers_other_folders(tmp_path):
     assert (dest / "model.onnx").read_bytes() == b"y" and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--prune-macs", "0.5", "--pick", "1.5"], "has no unit"),
-    (["--prune-macs", "0.5", "--pick-acc", "2"], "is not an accuracy"),
-    (["--prune-macs", "0.5,-1"], "is negative"),
-    (["--prune-macs", "0.5,0.5"], "repeats a value"),
-    (["--prune-latency", "0.5"], "absolute latency budgets"),
-    (["--prune-macs", "0.5", "--quant", "off,w9a8"], "9-bit weights"),
-    (["--prune-macs", "0.5", "--pruner", "metapruning,magic"], "unknown sweep pruner"),
-    (["--prune-macs", "0.5", "--target", "nowhere"], "unknown target"),
-    (["--prune-macs", "0.5", "--pick", "1ms", "--out", "/etc"], "not an artifact folder"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--prune-macs", "0.5", "--pick", "1.5"], "has no unit"),
+        (["--prune-macs", "0.5", "--pick-acc", "2"], "is not an accuracy"),
+        (["--prune-macs", "0.5,-1"], "is negative"),
+        (["--prune-macs", "0.5,0.5"], "repeats a value"),
+        (["--prune-latency", "0.5"], "absolute latency budgets"),
+        (["--prune-macs", "0.5", "--quant", "off,w9a8"], "9-bit weights"),
+        (["--prune-macs", "0.5", "--pruner", "metapruning,magic"], "unknown sweep pruner"),
+        (["--prune-macs", "0.5", "--target", "nowhere"], "unknown target"),
+        (["--prune-macs", "0.5", "--pick", "1ms", "--out", "/etc"], "not an artifact folder"),
+    ],
+)
 def test_bad_values_fail_in_one_line_before_any_work(tmp_path, capsys, flags, message):
     from metaedge.cli.main import main
 
@@ -75,8 +90,31 @@ def test_cli_bad_value_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
-TINY = ["--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--train-subset", "256", "--epochs", "1",
-        "--prune-macs", "0.8,0.5", "--quant", "off", "--target", "x86", "--backend", "onnxruntime", "--repeats", "5", "--warmup", "1", "--quiet"]
+TINY = [
+    "--model",
+    "resnet20",
+    "--width-mult",
+    "0.5",
+    "--input-size",
+    "8",
+    "--train-subset",
+    "256",
+    "--epochs",
+    "1",
+    "--prune-macs",
+    "0.8,0.5",
+    "--quant",
+    "off",
+    "--target",
+    "x86",
+    "--backend",
+    "onnxruntime",
+    "--repeats",
+    "5",
+    "--warmup",
+    "1",
+    "--quiet",
+]
 
 
 def test_sweep_two_budgets_one_pruningnet_resume_after_kill_and_pick(tmp_path):
@@ -141,8 +179,9 @@ def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
     from metaedge.sweep.config import SweepConfig
     from metaedge.sweep.plan import plan_points, point_config, point_groups
 
-    cfg = SweepConfig(base=PipelineConfig(targets=("x86",)), budget_kind="latency", budgets=("2ms", "500us"), quants=("off", "w8a8"),
-                      pruners=("metapruning", "uniform"))
+    cfg = SweepConfig(
+        base=PipelineConfig(targets=("x86",)), budget_kind="latency", budgets=("2ms", "500us"), quants=("off", "w8a8"), pruners=("metapruning", "uniform")
+    )
     points = plan_points(cfg)
     assert points[0].name == "baseline" and len(points) == 1 + 2 * 2 * 2
     assert [len(g) for g in point_groups(points)] == [1, 2, 2, 2, 2]  # one group per pruner and budget: its quant variants in turn

@@ -1,7 +1,9 @@
 """Target registry: built-ins, TVM target objects, CUDA arch override, user targets from TOML, CLI."""
+
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -29,7 +31,7 @@ def test_builtins_listed_in_order():
 
 def test_target_is_frozen_and_hashable():
     t = get_target("rpi4")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         t.name = "x"  # type: ignore[misc]
     assert hash(t) == hash(get_target("rpi4"))
 
@@ -74,7 +76,7 @@ def test_runs_here():
 
 def test_toml_targets(tmp_path, monkeypatch):
     f = tmp_path / "targets.toml"
-    f.write_text('''
+    f.write_text("""
 [targets.lab-pi]
 based_on = "rpi4"
 description = "the Pi on the lab bench"
@@ -85,7 +87,7 @@ description = "an x86 box with AVX-512"
 tvm_target = { kind = "llvm", mcpu = "skylake-avx512" }
 backends = ["tvm", "onnxruntime"]
 measurement = "rpc"
-''')
+""")
     got = load_targets_toml(f)
     assert [t.name for t in got] == ["lab-pi", "my-box"]
     pi = get_target("lab-pi")
@@ -99,17 +101,20 @@ measurement = "rpc"
     assert get_target("lab-pi").family == "arm64"
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[targets.a\nfamily = 1", "not valid TOML"),
-    ("[other]\nx = 1", "no [targets.<name>] tables"),
-    ('[targets.a]\nfamily = "x86"', "missing"),
-    ('[targets.a]\nfamily = "mips"\ndescription = "d"\ntvm_target = "x"', "family 'mips'"),
-    ('[targets.a]\nbased_on = "nope"', "based_on 'nope'"),
-    ('[targets.a]\nbased_on = "x86"\ncolour = "red"', "unknown keys"),
-    ('[targets.a]\nbased_on = "x86"\nbackends = ["tflite"]', "backends"),
-    ('[targets.a]\nbased_on = "x86"\nbackends = "tvm"', "must be a list"),
-    ('[targets.a]\nfamily = "x86"\ndescription = "d"\ntvm_target = { mcpu = "x" }', "no `kind`"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[targets.a\nfamily = 1", "not valid TOML"),
+        ("[other]\nx = 1", "no [targets.<name>] tables"),
+        ('[targets.a]\nfamily = "x86"', "missing"),
+        ('[targets.a]\nfamily = "mips"\ndescription = "d"\ntvm_target = "x"', "family 'mips'"),
+        ('[targets.a]\nbased_on = "nope"', "based_on 'nope'"),
+        ('[targets.a]\nbased_on = "x86"\ncolour = "red"', "unknown keys"),
+        ('[targets.a]\nbased_on = "x86"\nbackends = ["tflite"]', "backends"),
+        ('[targets.a]\nbased_on = "x86"\nbackends = "tvm"', "must be a list"),
+        ('[targets.a]\nfamily = "x86"\ndescription = "d"\ntvm_target = { mcpu = "x" }', "no `kind`"),
+    ],
+)
 def test_bad_toml_names_file_and_fix(tmp_path, text, needle):
     f = tmp_path / "bad.toml"
     f.write_text(text)

@@ -1,4 +1,5 @@
 """The shared training loop: one schedule on every optimizer, hook order, extra state through a resume, refusals."""
+
 from __future__ import annotations
 
 import math

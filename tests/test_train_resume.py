@@ -1,4 +1,5 @@
 """The shared training loop: it learns, checkpoints every epoch and resumes after a kill."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """TensorRT Q/DQ placement checker: a correct graph passes, each rule catches its violation, and
 the tensorrt-profile QAT export of a zoo model passes it (the ort one does not)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,21 @@ from metaedge.errors import MetaedgeError
 from metaedge.qdq.tensorrt_rules import RULES, check_tensorrt_qdq, require_tensorrt_qdq
 
 
-def _graph(*, zp_type=TensorProto.INT8, zp_value=0, act_scale=0.05, weight_dq_from_int8=False, share_dq=False,
-           weight_axis=0, per_channel_act=False, bias_dq=False, float_conv=False, drop_zp=False, opset=18, mismatched_pair=False):
+def _graph(
+    *,
+    zp_type=TensorProto.INT8,
+    zp_value=0,
+    act_scale=0.05,
+    weight_dq_from_int8=False,
+    share_dq=False,
+    weight_axis=0,
+    per_channel_act=False,
+    bias_dq=False,
+    float_conv=False,
+    drop_zp=False,
+    opset=18,
+    mismatched_pair=False,
+):
     """input -> Q -> DQ -> Conv(W: float -> Q -> DQ axis 0, float bias) -> Relu -> Q -> DQ -> out
     (share_dq: the input DQ also feeds an Add with the conv output)."""
     rng = np.random.default_rng(0)
@@ -33,19 +47,25 @@ def _graph(*, zp_type=TensorProto.INT8, zp_value=0, act_scale=0.05, weight_dq_fr
     if per_channel_act:
         inits.append(numpy_helper.from_array(np.full(2, 0.05, np.float32), "s_xc"))
         inits.append(numpy_helper.from_array(np.zeros(2, np.int8), "zp_xc"))
-        nodes += [helper.make_node("QuantizeLinear", ["input", "s_xc", "zp_xc"], ["xq"], name="q_in", axis=1),
-                  helper.make_node("DequantizeLinear", ["xq", "s_xc", "zp_xc"], ["xd"], name="dq_in", axis=1)]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["input", "s_xc", "zp_xc"], ["xq"], name="q_in", axis=1),
+            helper.make_node("DequantizeLinear", ["xq", "s_xc", "zp_xc"], ["xd"], name="dq_in", axis=1),
+        ]
     else:
-        nodes += [helper.make_node("QuantizeLinear", ["input", "s_x", *zp], ["xq"], name="q_in"),
-                  helper.make_node("DequantizeLinear", ["xq", "s_other" if mismatched_pair else "s_x", *zp], ["xd"], name="dq_in")]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["input", "s_x", *zp], ["xq"], name="q_in"),
+            helper.make_node("DequantizeLinear", ["xq", "s_other" if mismatched_pair else "s_x", *zp], ["xd"], name="dq_in"),
+        ]
     if weight_dq_from_int8:
         q = np.round(w / w_scale.reshape(-1, 1, 1, 1)).astype(np.int8)
         inits.append(numpy_helper.from_array(q, "w_int8"))
         nodes.append(helper.make_node("DequantizeLinear", ["w_int8", "s_w", "zp_w"], ["wd"], name="dq_w", axis=0))
     else:
         inits.append(numpy_helper.from_array(w, "w"))
-        nodes += [helper.make_node("QuantizeLinear", ["w", "s_w", "zp_w"], ["wq"], name="q_w", axis=weight_axis),
-                  helper.make_node("DequantizeLinear", ["wq", "s_w", "zp_w"], ["wd"], name="dq_w", axis=weight_axis)]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["w", "s_w", "zp_w"], ["wq"], name="q_w", axis=weight_axis),
+            helper.make_node("DequantizeLinear", ["wq", "s_w", "zp_w"], ["wd"], name="dq_w", axis=weight_axis),
+        ]
     bias = "bias"
     if bias_dq:
         inits += [numpy_helper.from_array(np.zeros(4, np.int32), "b_int"), numpy_helper.from_array(np.full(4, 1e-3, np.float32), "s_b")]
@@ -56,17 +76,23 @@ def _graph(*, zp_type=TensorProto.INT8, zp_value=0, act_scale=0.05, weight_dq_fr
     last = "c"
     if share_dq:
         inits.append(numpy_helper.from_array(np.zeros((1, 2, 1, 1), np.float32), "pad"))
-        nodes += [helper.make_node("ReduceMean", ["c"], ["cm"], name="mean", axes=[1], keepdims=1),
-                  helper.make_node("Add", ["cm", "xd"], ["a"], name="add")]
+        nodes += [helper.make_node("ReduceMean", ["c"], ["cm"], name="mean", axes=[1], keepdims=1), helper.make_node("Add", ["cm", "xd"], ["a"], name="add")]
         last = "a"
-    nodes += [helper.make_node("Relu", [last], ["r"], name="relu"),
-              helper.make_node("QuantizeLinear", ["r", "s_y", *zp], ["yq"], name="q_out"),
-              helper.make_node("DequantizeLinear", ["yq", "s_y", *zp], ["out"], name="dq_out")]
+    nodes += [
+        helper.make_node("Relu", [last], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s_y", *zp], ["yq"], name="q_out"),
+        helper.make_node("DequantizeLinear", ["yq", "s_y", *zp], ["out"], name="dq_out"),
+    ]
     if float_conv:
         nodes = [n for n in nodes if n.name not in ("q_w", "dq_w")]
     shape_out = [1, 2 if share_dq else 4, 6, 6]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 6, 6])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape_out)], inits)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape_out)],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -86,20 +112,23 @@ def test_a_correct_graph_passes_and_runs_in_ort():
     assert sess.run(None, {"input": np.ones((1, 2, 6, 6), np.float32)})[0].shape == (1, 4, 6, 6)
 
 
-@pytest.mark.parametrize("kw,rule", [
-    ({"opset": 12}, "TRT001"),
-    ({"act_scale": 0.0}, "TRT002"),
-    ({"zp_type": TensorProto.UINT8, "zp_value": 128}, "TRT003"),
-    ({"zp_value": 3}, "TRT003"),
-    ({"drop_zp": True}, "TRT003"),
-    ({"per_channel_act": True}, "TRT004"),
-    ({"weight_axis": 1}, "TRT005"),
-    ({"weight_dq_from_int8": True}, "TRT006"),
-    ({"mismatched_pair": True}, "TRT007"),
-    ({"float_conv": True}, "TRT008"),
-    ({"bias_dq": True}, "TRT009"),
-    ({"share_dq": True}, "TRT010"),
-])
+@pytest.mark.parametrize(
+    "kw,rule",
+    [
+        ({"opset": 12}, "TRT001"),
+        ({"act_scale": 0.0}, "TRT002"),
+        ({"zp_type": TensorProto.UINT8, "zp_value": 128}, "TRT003"),
+        ({"zp_value": 3}, "TRT003"),
+        ({"drop_zp": True}, "TRT003"),
+        ({"per_channel_act": True}, "TRT004"),
+        ({"weight_axis": 1}, "TRT005"),
+        ({"weight_dq_from_int8": True}, "TRT006"),
+        ({"mismatched_pair": True}, "TRT007"),
+        ({"float_conv": True}, "TRT008"),
+        ({"bias_dq": True}, "TRT009"),
+        ({"share_dq": True}, "TRT010"),
+    ],
+)
 def test_each_rule_catches_its_violation(kw, rule):
     assert rule in _rules(_graph(**kw)), RULES[rule]
 

@@ -1,4 +1,5 @@
 """TVM's default CPU schedules and the persistent MetaSchedule database (real TVM, no mocks)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,7 @@ def _module(onnx_path: Path):
 def _unscheduled(mod) -> list[str]:
     import tvm
 
-    return [gv.name_hint for gv, f in mod.functions.items()
-            if isinstance(f, tvm.tirx.PrimFunc) and not (f.attrs and f.attrs.get("tirx.is_scheduled"))]
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and not (f.attrs and f.attrs.get("tirx.is_scheduled"))]
 
 
 def test_default_rules_schedule_every_kernel_of_a_resnet(tiny_onnx):
@@ -110,12 +110,15 @@ def test_second_compile_reuses_the_database(tiny_onnx, tmp_path):
     np.testing.assert_allclose(first.load(c1).run(x), ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--trials", "0"], "--trials 0 is below 1"),
-    (["--target", "rpi4"], "no --device was given"),
-    (["--device", "127.0.0.1:9190"], "has no key"),
-    (["--target", "cuda"], "GPU target"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--trials", "0"], "--trials 0 is below 1"),
+        (["--target", "rpi4"], "no --device was given"),
+        (["--device", "127.0.0.1:9190"], "has no key"),
+        (["--target", "cuda"], "GPU target"),
+    ],
+)
 def test_tune_cli_refuses_bad_settings_in_one_line(tiny_onnx, args, needle):
     from conftest import run_cli
 

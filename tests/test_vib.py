@@ -1,4 +1,5 @@
 """VIB channel pruning: gates on channel groups, budget, fold, resume; export + parity through the CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -59,7 +60,7 @@ def test_zero_gate_is_the_channel_removed_and_fold_is_exact(name):
     for g in space.groups:  # close every other channel of every gated group
         off, size = gates.offsets[g], a.groups[g].size
         with torch.no_grad():
-            gates.mu[off + 1:off + size:2] = 0.0
+            gates.mu[off + 1 : off + size : 2] = 0.0
         keep[g] = torch.arange(0, size, 2)
     gates.eval()
     with torch.no_grad(), gated(m, gates):
@@ -133,8 +134,36 @@ def test_bad_pruner_values_are_one_line_errors(tmp_path):
 
 def test_cli_vib_end_to_end(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    proc = run_cli("compress", "--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--epochs", "1", "--pruner", "vib", "--prune-macs", "0.5", "--train-subset", "256",
-                   "--quant", "off", "--target", "none", "--repeats", "5", "--warmup", "1", "--out", str(out), "--cache-dir", str(cache), "--quiet")
+    proc = run_cli(
+        "compress",
+        "--model",
+        "resnet20",
+        "--width-mult",
+        "0.5",
+        "--input-size",
+        "8",
+        "--epochs",
+        "1",
+        "--pruner",
+        "vib",
+        "--prune-macs",
+        "0.5",
+        "--train-subset",
+        "256",
+        "--quant",
+        "off",
+        "--target",
+        "none",
+        "--repeats",
+        "5",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pruned (vib)" in proc.stdout
     m = json.loads((out / "manifest.json").read_text())

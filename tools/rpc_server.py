@@ -19,6 +19,7 @@ server forks a worker per session; under user-mode emulation without binfmt_misc
 exec fails and forked sessions can deadlock, and one session at a time is what a latency
 measurement wants anyway. ``--mode fork`` keeps the stock behaviour (session timeouts enforced).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,7 @@ def _serving_inline(sock, addr, opts, load_library):
     log.info("session from %s done in %.1f s", addr, time.time() - t0)
 
 
-def serve(host: str, port: int, port_end: int, key: str, tracker: tuple[str, int] | None,
-          custom_addr: str | None, load_library: str | None, mode: str) -> None:
+def serve(host: str, port: int, port_end: int, key: str, tracker: tuple[str, int] | None, custom_addr: str | None, load_library: str | None, mode: str) -> None:
     t0 = time.time()
     import tvm  # noqa: F401  (slow under emulation: ~50 s)
     from tvm.rpc import server as tvm_server
@@ -106,17 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=9090, help="first port to try (default 9090)")
     p.add_argument("--port-end", type=int, default=None, help="end (exclusive) of the port range to try (default port+100)")
     p.add_argument("--tracker", help="register with the tracker at HOST:PORT")
-    p.add_argument("--key", default=None,
-                   help="device key clients request through the tracker (e.g. rpi4; default metaedge). "
-                        "Without --tracker the default is empty, which plain host:port clients expect")
+    p.add_argument(
+        "--key",
+        default=None,
+        help="device key clients request through the tracker (e.g. rpi4; default metaedge). "
+        "Without --tracker the default is empty, which plain host:port clients expect",
+    )
     p.add_argument("--custom-addr", help="address the tracker hands to clients (default: as the tracker sees us)")
     p.add_argument("--load-library", help="extra shared libraries to load, colon separated")
     p.add_argument("--mode", choices=("inline", "fork"), default="inline", help="session model (see module doc)")
     p.add_argument("--tracker-only", action="store_true", help="run the tracker instead of a server")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s rpc_server %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s rpc_server %(levelname)s %(message)s")
     if args.tracker_only and args.port == 9090:
         args.port = 9190  # TVM's conventional tracker port
     if args.port_end is None:

@@ -1,4 +1,5 @@
 """Argument types and printing helpers shared by the command modules."""
+
 from __future__ import annotations
 
 import argparse
@@ -68,4 +69,6 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise MetaedgeError(f"{path} is not a valid ONNX model ({type(exc).__name__})", "pass a .onnx file written by `metaedge export` or torch.onnx.export") from exc
+        raise MetaedgeError(
+            f"{path} is not a valid ONNX model ({type(exc).__name__})", "pass a .onnx file written by `metaedge export` or torch.onnx.export"
+        ) from exc

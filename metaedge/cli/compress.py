@@ -1,4 +1,5 @@
 """``metaedge compress``: the whole chain on the embedded default, or on your model and data."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--model", help="registered name (see `metaedge info --list`), pkg.module:factory, or a .pt2 file")
     g.add_argument("--weights", help="state dict (.pt) loaded with torch.load(weights_only=True)")
     g.add_argument("--width-mult", type=float, help="width multiplier for zoo models")
-    g.add_argument("--data", help="'digits' (default), 'fashion-mnist' (Debian package dataset-fashion-mnist), a folder of MNIST-format IDX files, an image folder (one subfolder per class) or a .npz with x, y")
+    g.add_argument(
+        "--data",
+        help="'digits' (default), 'fashion-mnist' (Debian package dataset-fashion-mnist), a folder of MNIST-format IDX files, an image folder (one subfolder per class) or a .npz with x, y",
+    )
     g.add_argument("--input-size", type=positive_int, help="square input size in pixels (default: the data's own size; 16 for digits)")
-    g.add_argument("--train-subset", type=positive_int, metavar="N", help="train on at most N images (stratified, seeded; val and test keep their size), for CPU runs")
+    g.add_argument(
+        "--train-subset", type=positive_int, metavar="N", help="train on at most N images (stratified, seeded; val and test keep their size), for CPU runs"
+    )
     g.add_argument("--in-chans", type=positive_int, help="input channels (default: the data's)")
     g.add_argument("--epochs", type=int, help="baseline training epochs (0: use --weights as they are)")
     g.add_argument("--batch-size", type=positive_int)
@@ -38,20 +44,45 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-macs", help="MACs budget: fraction of the baseline (0.5) or absolute (20M); 'off' to skip")
     g.add_argument("--prune-preset", choices=("demo", "bench", "full"), help="PruningNet/search/fine-tune effort")
     g.add_argument("--prune-latency", help="latency budget on the first --target instead of MACs: 2ms, 500us, or a fraction of the measured baseline (0.6)")
-    g.add_argument("--pruner", choices=("metapruning", "vib", "uniform", "l1", "none"), help="channel pruner: metapruning (default: PruningNet + evolutionary search), vib (variational information bottleneck gates), "
-                   "uniform (one width ratio) or l1 (uniform widths, largest-L1 filters); none: --lowrank alone")
-    g.add_argument("--lowrank", choices=("off", "tucker"), help="tucker: after the pruner, kxk convs as 1x1-kxk-1x1 (Tucker-2) and linears by SVD, ranks chosen so the whole model meets --prune-macs; off (default)")
+    g.add_argument(
+        "--pruner",
+        choices=("metapruning", "vib", "uniform", "l1", "none"),
+        help="channel pruner: metapruning (default: PruningNet + evolutionary search), vib (variational information bottleneck gates), "
+        "uniform (one width ratio) or l1 (uniform widths, largest-L1 filters); none: --lowrank alone",
+    )
+    g.add_argument(
+        "--lowrank",
+        choices=("off", "tucker"),
+        help="tucker: after the pruner, kxk convs as 1x1-kxk-1x1 (Tucker-2) and linears by SVD, ranks chosen so the whole model meets --prune-macs; off (default)",
+    )
     g.add_argument("--quant", help="w8a8, w4a8, w2a8, w1a8; 'off' to skip")
-    g.add_argument("--quantizer", choices=("metaquant", "ste", "lsq", "ptq"), help="QAT with MetaQuant (default), STE or LSQ (learned step sizes), or post-training int8 (ptq, w8a8 only)")
+    g.add_argument(
+        "--quantizer",
+        choices=("metaquant", "ste", "lsq", "ptq"),
+        help="QAT with MetaQuant (default), STE or LSQ (learned step sizes), or post-training int8 (ptq, w8a8 only)",
+    )
     g.add_argument("--quant-preset", choices=("demo", "full"))
-    g.add_argument("--quant-profile", choices=("auto", "ort", "tensorrt"), help="QDQ export profile: ort (uint8 activations, ONNX Runtime's fused kernels), tensorrt (symmetric int8, TensorRT's explicit quantization); auto (default): tensorrt when a backend to compile with needs it (--backend tensorrt, Jetson and CUDA targets)")
-    g.add_argument("--quant-layer-bits", metavar="SPEC", help="per-layer weight bits: 'default' (first, last and depthwise layers at 8), 'uniform' (all at --quant's bits), or items like first=8,depthwise=same,layer3.*=4")
+    g.add_argument(
+        "--quant-profile",
+        choices=("auto", "ort", "tensorrt"),
+        help="QDQ export profile: ort (uint8 activations, ONNX Runtime's fused kernels), tensorrt (symmetric int8, TensorRT's explicit quantization); auto (default): tensorrt when a backend to compile with needs it (--backend tensorrt, Jetson and CUDA targets)",
+    )
+    g.add_argument(
+        "--quant-layer-bits",
+        metavar="SPEC",
+        help="per-layer weight bits: 'default' (first, last and depthwise layers at 8), 'uniform' (all at --quant's bits), or items like first=8,depthwise=same,layer3.*=4",
+    )
     g.add_argument("--quant-kd", type=float, metavar="ALPHA", help="weight of distillation from the fp32 model during QAT, 0..1 (default 0.5; 0: labels only)")
     g = p.add_argument_group("targets and measurement")
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
     g.add_argument("--backend", help="auto (default: fastest measured), onnxruntime, tvm, tensorrt")
-    g.add_argument("--tune-trials", type=int, metavar="N", help="MetaSchedule trials per target for TVM, kept in the target's tuning database under the cache (default 0: apply what the database has)")
+    g.add_argument(
+        "--tune-trials",
+        type=int,
+        metavar="N",
+        help="MetaSchedule trials per target for TVM, kept in the target's tuning database under the cache (default 0: apply what the database has)",
+    )
     g.add_argument("--threads", type=positive_int, help="threads for latency measurement (default 1)")
     g.add_argument("--repeats", type=positive_int, help="timed repeats (default 100)")
     g.add_argument("--warmup", type=int, help="warm-up runs (default 10)")
@@ -67,13 +98,38 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from metaedge.errors import MetaedgeError
 
     o: dict[str, Any] = {}
-    for flag in ("model", "weights", "width_mult", "out", "cache_dir", "prune_macs", "prune_preset", "prune_latency", "pruner", "lowrank", "quant", "quantizer", "quant_preset", "quant_profile", "quant_layer_bits", "quant_kd", "device", "backend", "tune_trials", "seed"):
+    for flag in (
+        "model",
+        "weights",
+        "width_mult",
+        "out",
+        "cache_dir",
+        "prune_macs",
+        "prune_preset",
+        "prune_latency",
+        "pruner",
+        "lowrank",
+        "quant",
+        "quantizer",
+        "quant_preset",
+        "quant_profile",
+        "quant_layer_bits",
+        "quant_kd",
+        "device",
+        "backend",
+        "tune_trials",
+        "seed",
+    ):
         v = getattr(args, flag)
         if v is not None:
             o[flag] = v
     if args.target:
         o["targets"] = tuple(t for t in args.target if t.lower() != "none")
-    data = {k: v for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset)) if v is not None}
+    data = {
+        k: v
+        for k, v in (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset))
+        if v is not None
+    }
     if data:
         o["data"] = data
     train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
@@ -110,14 +166,46 @@ def summary_table(manifest: Manifest):
         t.add_column(col, justify="right" if col != "stage" else "left")
     base = stages.baseline
     assert base is not None and cost is not None and stages.final is not None  # a finished run's manifest
-    t.add_row("baseline fp32", _pct(base.accuracy.val), _pct(base.accuracy.test), format_count(base.macs), format_count(base.params), _fmt_ms(lat.get("onnxruntime_baseline")), _fmt_ms(lat.get("torch_eager_baseline")))
+    t.add_row(
+        "baseline fp32",
+        _pct(base.accuracy.val),
+        _pct(base.accuracy.test),
+        format_count(base.macs),
+        format_count(base.params),
+        _fmt_ms(lat.get("onnxruntime_baseline")),
+        _fmt_ms(lat.get("torch_eager_baseline")),
+    )
     if stages.prune is not None:
         pr = stages.prune
-        t.add_row(f"pruned ({pr.method})", _pct(pr.accuracy.val), _pct(pr.accuracy.test), format_count(pr.macs), format_count(pr.params), "-" if stages.quant else _fmt_ms(lat.get("onnxruntime")), _fmt_ms(lat.get("torch_eager")))
+        t.add_row(
+            f"pruned ({pr.method})",
+            _pct(pr.accuracy.val),
+            _pct(pr.accuracy.test),
+            format_count(pr.macs),
+            format_count(pr.params),
+            "-" if stages.quant else _fmt_ms(lat.get("onnxruntime")),
+            _fmt_ms(lat.get("torch_eager")),
+        )
     if stages.quant is not None:
         q = stages.quant
-        t.add_row(f"quantized w{q.weight_bits}a{q.act_bits} ({q.method})", _pct(q.accuracy.val), _pct(q.accuracy.test), format_count(cost.macs), format_count(cost.params), _fmt_ms(lat.get("onnxruntime")), "-")
-    t.add_row("[bold]deployed model.onnx[/bold]", "-", _pct(stages.final.accuracy.test), format_count(cost.macs), format_count(cost.params), _fmt_ms(lat.get("onnxruntime")), "-")
+        t.add_row(
+            f"quantized w{q.weight_bits}a{q.act_bits} ({q.method})",
+            _pct(q.accuracy.val),
+            _pct(q.accuracy.test),
+            format_count(cost.macs),
+            format_count(cost.params),
+            _fmt_ms(lat.get("onnxruntime")),
+            "-",
+        )
+    t.add_row(
+        "[bold]deployed model.onnx[/bold]",
+        "-",
+        _pct(stages.final.accuracy.test),
+        format_count(cost.macs),
+        format_count(cost.params),
+        _fmt_ms(lat.get("onnxruntime")),
+        "-",
+    )
     return t
 
 
@@ -154,7 +242,15 @@ def compiled_table(manifest: Manifest):
             parity = (entry.get("parity") or {}).get("max_abs_err")
             mark = " *" if backend == chosen else ""
             where = entry.get("measured_on") or f"{entry.get('status', '-')}: {str(entry.get('reason', ''))[:60]}"
-            t.add_row(target, backend + mark, str(where), f"{p50:.3f}" if p50 else "-", f"{eager / p50:.2f}x" if (p50 and eager and entry.get("measured_on") == "local") else "-", f"{parity:.1e}" if parity is not None else "-", str(entry.get("path", "-")))
+            t.add_row(
+                target,
+                backend + mark,
+                str(where),
+                f"{p50:.3f}" if p50 else "-",
+                f"{eager / p50:.2f}x" if (p50 and eager and entry.get("measured_on") == "local") else "-",
+                f"{parity:.1e}" if parity is not None else "-",
+                str(entry.get("path", "-")),
+            )
     return t
 
 

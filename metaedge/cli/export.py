@@ -1,4 +1,5 @@
 """``metaedge export``: a model (zoo, user factory, .pt2) plus weights to ONNX, parity-gated."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,11 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("export", help="export a model to ONNX with a parity gate", description="Export to ONNX (dynamo exporter, dynamic batch) and check ONNX Runtime against PyTorch on random and, for digits-sized models, real inputs.")
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX with a parity gate",
+        description="Export to ONNX (dynamo exporter, dynamic batch) and check ONNX Runtime against PyTorch on random and, for digits-sized models, real inputs.",
+    )
     p.add_argument("model", help="registered name, pkg.module:factory or .pt2 file")
     p.add_argument("--weights", help="state dict (.pt), loaded with weights_only=True")
     p.add_argument("--input-size", type=positive_int, default=224)
@@ -44,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         with torch.no_grad():
             model(inputs[:1])
     except RuntimeError as exc:
-        raise MetaedgeError(f"{args.model} does not accept input of shape {tuple(inputs[:1].shape)} ({str(exc).splitlines()[0][:120]})", "pass --in-chans/--input-size that match the model") from exc
+        raise MetaedgeError(
+            f"{args.model} does not accept input of shape {tuple(inputs[:1].shape)} ({str(exc).splitlines()[0][:120]})",
+            "pass --in-chans/--input-size that match the model",
+        ) from exc
     cfg = ExportConfig(atol=args.parity_atol)
     path = export_onnx(model, inputs[:1], args.output, cfg)
     rep = check_parity(model, path, inputs, cfg)

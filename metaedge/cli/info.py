@@ -1,4 +1,5 @@
 """``metaedge info MODEL``: MACs and parameters, or the registry with ``--list``."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         cost = count_cost(model, shape)
     except RuntimeError as exc:
-        raise MetaedgeError(f"{args.model} does not accept input of shape {shape} ({str(exc).splitlines()[0][:120]})", "pass --in-chans/--input-size that match the model") from exc
+        raise MetaedgeError(
+            f"{args.model} does not accept input of shape {shape} ({str(exc).splitlines()[0][:120]})", "pass --in-chans/--input-size that match the model"
+        ) from exc
     if args.layers:
         t = Table(title=f"{args.model} layers")
         for c in ("layer", "kind", "in", "out", "kernel", "stride", "groups", "out hw", "MACs"):
             t.add_column(c)
         for s in layer_specs(model, shape):
             if s.kind in ("conv", "linear"):
-                t.add_row(s.name, s.kind, str(s.in_channels), str(s.out_channels), f"{s.kernel[0]}x{s.kernel[1]}", str(s.stride[0]), str(s.groups), f"{s.out_hw[0]}x{s.out_hw[1]}", format_count(s.macs))
+                t.add_row(
+                    s.name,
+                    s.kind,
+                    str(s.in_channels),
+                    str(s.out_channels),
+                    f"{s.kernel[0]}x{s.kernel[1]}",
+                    str(s.stride[0]),
+                    str(s.groups),
+                    f"{s.out_hw[0]}x{s.out_hw[1]}",
+                    format_count(s.macs),
+                )
         con.print(t)
-    con.print(f"{args.model} @ {'x'.join(map(str, shape[1:]))}: {format_count(cost.macs)} MACs ({cost.macs}), {format_count(cost.params)} params ({cost.params}), {format_count(cost.elementwise_ops)} element-wise ops")
+    con.print(
+        f"{args.model} @ {'x'.join(map(str, shape[1:]))}: {format_count(cost.macs)} MACs ({cost.macs}), {format_count(cost.params)} params ({cost.params}), {format_count(cost.elementwise_ops)} element-wise ops"
+    )
     return 0

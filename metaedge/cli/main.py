@@ -1,4 +1,5 @@
 """``metaedge`` entry point: one sub-command per module, user errors as one line with exit code 2."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """``metaedge profile``: latency of an ONNX file or artifact directory with ONNX Runtime on this machine,
 and/or of running runtime bundles over HTTP (``--url``): per batch size, latency distribution,
 throughput, peak memory and model size; as a table, ``--json`` and a ``--plot`` PNG."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,24 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("profile", help="measure latency of an ONNX model", description="Time an ONNX model (or an artifact directory's model.onnx) with ONNX Runtime: warm-up, repeats, p50/p90/p99. With --url, time a running bundle's /infer over HTTP.")
+    p = sub.add_parser(
+        "profile",
+        help="measure latency of an ONNX model",
+        description="Time an ONNX model (or an artifact directory's model.onnx) with ONNX Runtime: warm-up, repeats, p50/p90/p99. With --url, time a running bundle's /infer over HTTP.",
+    )
     p.add_argument("model", nargs="?", help="model.onnx or an artifact directory (optional with --url)")
     p.add_argument("--input-shape", help="N,C,H,W (default: from the model, batch 1)")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--repeats", type=positive_int, default=100)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--url", action="append", default=[], metavar="http://HOST:PORT",
-                   help="also profile a running bundle (`docker run` of a `metaedge deploy` image) via /infer; repeatable")
-    p.add_argument("--batch-sizes", type=_batch_list, default=None, metavar="1,4,8",
-                   help="batch sizes to time (default: the --input-shape batch, else 1)")
+    p.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="http://HOST:PORT",
+        help="also profile a running bundle (`docker run` of a `metaedge deploy` image) via /infer; repeatable",
+    )
+    p.add_argument("--batch-sizes", type=_batch_list, default=None, metavar="1,4,8", help="batch sizes to time (default: the --input-shape batch, else 1)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write all results as JSON")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png", help="latency histogram + percentiles (matplotlib)")
     return p
@@ -63,7 +72,9 @@ def model_input_shape(onnx_path: Path, shape_text: str | None) -> tuple[int, ...
         raise MetaedgeError(f"--input-shape {shape_text!r} is not a comma-separated list of integers", "pass e.g. --input-shape 1,3,224,224") from None
     if len(shape) != len(declared) or any(d is not None and d != s for d, s in zip(declared, shape)):
         want = ",".join("N" if d is None else str(d) for d in declared)
-        raise MetaedgeError(f"--input-shape {shape_text} does not match {onnx_path}'s input {want}", f"pass --input-shape {want.replace('N', '1')} or leave it out")
+        raise MetaedgeError(
+            f"--input-shape {shape_text} does not match {onnx_path}'s input {want}", f"pass --input-shape {want.replace('N', '1')} or leave it out"
+        )
     return shape
 
 
@@ -97,8 +108,10 @@ def _profile_local(path: Path, shape: tuple[int, ...], batches: tuple[int, ...],
             for _ in range(max(0, args.warmup)):
                 runner.run(x)
         except Exception as exc:  # a static-batch model refuses other batch sizes
-            raise MetaedgeError(f"{path} does not run with batch {batch} ({type(exc).__name__})",
-                                "the model has a fixed batch; drop --batch-sizes or re-export with a dynamic batch") from exc
+            raise MetaedgeError(
+                f"{path} does not run with batch {batch} ({type(exc).__name__})",
+                "the model has a fixed batch; drop --batch-sizes or re-export with a dynamic batch",
+            ) from exc
         samples = []
         t_start = time.perf_counter()
         for _ in range(args.repeats):
@@ -107,14 +120,20 @@ def _profile_local(path: Path, shape: tuple[int, ...], batches: tuple[int, ...],
             samples.append((time.perf_counter() - t0) * 1e3)
         wall = time.perf_counter() - t_start
         rss, peak = _rss_mb()
-        rows.append({
-            "source": f"ort/{args.threads}t", "where": str(path), "batch": batch,
-            "latency": summarize(samples).to_dict(), "samples_ms": samples,
-            "throughput_sps": batch * args.repeats / wall,
-            "rss_mb": rss, "peak_rss_mb": peak,
-            "session_mb": (rss - rss_before) if rss is not None and rss_before is not None else None,
-            "model_bytes": path.stat().st_size,
-        })
+        rows.append(
+            {
+                "source": f"ort/{args.threads}t",
+                "where": str(path),
+                "batch": batch,
+                "latency": summarize(samples).to_dict(),
+                "samples_ms": samples,
+                "throughput_sps": batch * args.repeats / wall,
+                "rss_mb": rss,
+                "peak_rss_mb": peak,
+                "session_mb": (rss - rss_before) if rss is not None and rss_before is not None else None,
+                "model_bytes": path.stat().st_size,
+            }
+        )
     return rows
 
 
@@ -133,13 +152,21 @@ def _profile_url(url: str, batches: tuple[int, ...], args: argparse.Namespace) -
         client.close()
     rows = []
     for r in results:
-        rows.append({
-            "source": f"http/{health.get('backend', '?')}", "where": r.measured_on, "batch": r.detail["batch"],
-            "latency": r.latency.to_dict(), "server_latency": r.detail["server"],
-            "samples_ms": list(r.samples_ms), "throughput_sps": r.detail["throughput_sps"],
-            "rss_mb": metrics.get("rss_mb"), "peak_rss_mb": metrics.get("peak_rss_mb"),
-            "model_bytes": health.get("model_bytes"), "payload_bytes": r.detail["payload_bytes"],
-        })
+        rows.append(
+            {
+                "source": f"http/{health.get('backend', '?')}",
+                "where": r.measured_on,
+                "batch": r.detail["batch"],
+                "latency": r.latency.to_dict(),
+                "server_latency": r.detail["server"],
+                "samples_ms": list(r.samples_ms),
+                "throughput_sps": r.detail["throughput_sps"],
+                "rss_mb": metrics.get("rss_mb"),
+                "peak_rss_mb": metrics.get("peak_rss_mb"),
+                "model_bytes": health.get("model_bytes"),
+                "payload_bytes": r.detail["payload_bytes"],
+            }
+        )
     return rows
 
 
@@ -156,8 +183,15 @@ def _table(rows: list[dict[str, Any]]):
     for r in rows:
         lat, srv = r["latency"], r.get("server_latency")
         t.add_row(
-            r["source"], str(r["batch"]), _fmt(lat["p50_ms"]), _fmt(lat["p90_ms"]), _fmt(lat["p99_ms"]), _fmt(lat["mean_ms"]),
-            _fmt(srv["p50_ms"]) if srv else "-", _fmt(r["throughput_sps"], ".0f"), _fmt(r.get("peak_rss_mb"), ".1f"),
+            r["source"],
+            str(r["batch"]),
+            _fmt(lat["p50_ms"]),
+            _fmt(lat["p90_ms"]),
+            _fmt(lat["p99_ms"]),
+            _fmt(lat["mean_ms"]),
+            _fmt(srv["p50_ms"]) if srv else "-",
+            _fmt(r["throughput_sps"], ".0f"),
+            _fmt(r.get("peak_rss_mb"), ".1f"),
             _fmt(r["model_bytes"] / 2**20 if r.get("model_bytes") else None, ".2f"),
         )
     return t
@@ -178,20 +212,32 @@ def run(args: argparse.Namespace) -> int:
         local = _profile_local(path, shape, batches, args)
         for r in local:
             lat = r["latency"]
-            out.print(f"{path} input {(r['batch'], *shape[1:])} onnxruntime {args.threads} thread(s): p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms over {lat['repeats']} runs")
+            out.print(
+                f"{path} input {(r['batch'], *shape[1:])} onnxruntime {args.threads} thread(s): p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms over {lat['repeats']} runs"
+            )
         rows += local
     for url in args.url:
         rows += _profile_url(url, args.batch_sizes or (1,), args)
     if len(rows) > 1 or args.url:
         out.print(_table(rows))
     if args.json:
-        atomic_write_json(args.json, {"schema_version": 1, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-                                      "results": [{k: v for k, v in r.items() if k != "samples_ms"} | {"samples_ms": [round(s, 4) for s in r["samples_ms"]]} for r in rows]})
+        atomic_write_json(
+            args.json,
+            {
+                "schema_version": 1,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "threads": args.threads,
+                "results": [{k: v for k, v in r.items() if k != "samples_ms"} | {"samples_ms": [round(s, 4) for s in r["samples_ms"]]} for r in rows],
+            },
+        )
         out.print(f"wrote {args.json}")
     if args.plot:
         from metaedge.report.plots import plot_latency
 
-        series = {f"{r['source']} b{r['batch']}" + (f" @{r['where']}" if r["where"].startswith("http") and len(args.url) > 1 else ""): r["samples_ms"] for r in rows}
+        series = {
+            f"{r['source']} b{r['batch']}" + (f" @{r['where']}" if r["where"].startswith("http") and len(args.url) > 1 else ""): r["samples_ms"] for r in rows
+        }
         plot_latency(series, args.plot, title="metaedge profile")
         out.print(f"wrote {args.plot}")
     return 0

@@ -1,4 +1,5 @@
 """``metaedge sweep``: the accuracy-latency frontier of a model on a target, from one PruningNet."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
     budgets.add_argument("--prune-macs", metavar="LIST", help="MACs budgets: fractions of the baseline or counts, e.g. 0.5,0.25,0.1 or 20M,10M")
     budgets.add_argument("--prune-latency", metavar="LIST", help="latency budgets on the first --target, absolute: 2ms,1ms,500us")
     g.add_argument("--quant", default="w8a8", metavar="LIST", help="quant settings per budget: off, w8a8, w4a8, ... (default w8a8)")
-    g.add_argument("--pruner", default="metapruning", metavar="LIST", help="pruners per budget: metapruning (one shared PruningNet), vib, uniform, l1 (default metapruning)")
-    g.add_argument("--jobs", type=positive_int, default=1, help="points run in parallel processes once the baseline and the PruningNet exist (default 1; "
-                   "parallel points share the cores they are timed on, so use 1 for latency numbers to quote)")
+    g.add_argument(
+        "--pruner",
+        default="metapruning",
+        metavar="LIST",
+        help="pruners per budget: metapruning (one shared PruningNet), vib, uniform, l1 (default metapruning)",
+    )
+    g.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="points run in parallel processes once the baseline and the PruningNet exist (default 1; "
+        "parallel points share the cores they are timed on, so use 1 for latency numbers to quote)",
+    )
     pick = g.add_mutually_exclusive_group()
     pick.add_argument("--pick", metavar="LATENCY", help="copy the most accurate point whose measured latency is at most this (1.5ms, 800us) to --out")
     pick.add_argument("--pick-acc", metavar="ACC", help="copy the fastest point whose test accuracy is at least this (0.97 or 97%%) to --out")
@@ -65,17 +76,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from metaedge.errors import MetaedgeError
 
-    o: dict[str, Any] = {k: getattr(args, k) for k in ("model", "weights", "width_mult", "cache_dir", "prune_preset", "quantizer", "quant_preset",
-                                                        "device", "backend", "tune_trials", "seed") if getattr(args, k) is not None}
+    o: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in ("model", "weights", "width_mult", "cache_dir", "prune_preset", "quantizer", "quant_preset", "device", "backend", "tune_trials", "seed")
+        if getattr(args, k) is not None
+    }
     if args.sweep_dir is not None:
         o["out"] = args.sweep_dir
     if args.target:
         o["targets"] = tuple(t for t in args.target if t.lower() != "none")
     if args.epochs is not None and args.epochs < 0:
         raise MetaedgeError(f"--epochs {args.epochs} is negative", "pass 0 or more")
-    for section, pairs in (("data", (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset))),
-                           ("train", (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))),
-                           ("timing", (("threads", args.threads), ("repeats", args.repeats), ("warmup", args.warmup)))):
+    for section, pairs in (
+        ("data", (("source", args.data), ("input_size", args.input_size), ("in_chans", args.in_chans), ("train_subset", args.train_subset))),
+        ("train", (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))),
+        ("timing", (("threads", args.threads), ("repeats", args.repeats), ("warmup", args.warmup))),
+    ):
         values = {k: v for k, v in pairs if v is not None}
         if values:
             o[section] = values
@@ -99,8 +115,12 @@ def sweep_config(args: argparse.Namespace):
 
         check_destination(args.out or "metaedge-out")
     return SweepConfig(
-        base=base, budget_kind=kind, budgets=parse_budget_list(args.prune_macs if kind == "macs" else args.prune_latency, kind),
-        quants=split_list(args.quant, "--quant"), pruners=split_list(args.pruner, "--pruner"), jobs=args.jobs,
+        base=base,
+        budget_kind=kind,
+        budgets=parse_budget_list(args.prune_macs if kind == "macs" else args.prune_latency, kind),
+        quants=split_list(args.quant, "--quant"),
+        pruners=split_list(args.pruner, "--pruner"),
+        jobs=args.jobs,
         pick_ms=parse_pick_latency(args.pick) if args.pick is not None else None,
         pick_acc=parse_accuracy(args.pick_acc) if args.pick_acc is not None else None,
         pick_out=args.out or "metaedge-out",

@@ -1,4 +1,5 @@
 """``metaedge targets``: list the deployment targets (built-in and from a TOML file)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "targets",
         help="list deployment targets",
-        description="List the built-in deployment targets and those defined in a TOML file "
-                    "(--file, or the METAEDGE_TARGETS environment variable).",
+        description="List the built-in deployment targets and those defined in a TOML file (--file, or the METAEDGE_TARGETS environment variable).",
     )
     p.add_argument("--file", type=Path, default=None, help="TOML file with [targets.<name>] tables to add")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -1,4 +1,5 @@
 """``metaedge tune``: MetaSchedule-tune a model's TVM tasks into the target's tuning database."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "tune",
         help="tune the model's TVM kernels for a target (MetaSchedule); later compiles apply the records",
         description="Tune every fused kernel of SOURCE's model.onnx (or an .onnx file) for --target with "
-                    "MetaSchedule. Records go to the target's database (.metaedge-cache/tvm-tuning/<target>/ "
-                    "unless --tuning-dir), keyed by kernel, so every later `metaedge compile`/`compress` for "
-                    "the target applies them and a second model with the same layers starts tuned. --trials "
-                    "is the model's total: measurements already in the database count. Ctrl-C keeps what "
-                    "was measured. With --device, candidates are built here and timed on the device.",
+        "MetaSchedule. Records go to the target's database (.metaedge-cache/tvm-tuning/<target>/ "
+        "unless --tuning-dir), keyed by kernel, so every later `metaedge compile`/`compress` for "
+        "the target applies them and a second model with the same layers starts tuned. --trials "
+        "is the model's total: measurements already in the database count. Ctrl-C keeps what "
+        "was measured. With --device, candidates are built here and timed on the device.",
     )
-    p.add_argument("source", type=Path, nargs="?", default=Path("metaedge-out"),
-                   help="artifact directory (default metaedge-out) or an .onnx file")
+    p.add_argument("source", type=Path, nargs="?", default=Path("metaedge-out"), help="artifact directory (default metaedge-out) or an .onnx file")
     p.add_argument("--target", required=True, help="target name (see `metaedge targets`), e.g. x86, rpi4")
     p.add_argument("--trials", type=int, default=500, help="MetaSchedule trials for this model (default 500)")
     p.add_argument("--device", default=None, help="time candidates on a device: tracker-host:port/key")
@@ -42,8 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _resolve_onnx(src: Path) -> Path:
     onnx_path = src / "model.onnx" if src.is_dir() else src
     if src.is_file() and src.suffix != ".onnx":
-        raise MetaedgeError(f"{src} is neither an artifact directory nor an .onnx file",
-                            "pass the folder written by `metaedge compress` or a model.onnx")
+        raise MetaedgeError(f"{src} is neither an artifact directory nor an .onnx file", "pass the folder written by `metaedge compress` or a model.onnx")
     if not onnx_path.is_file():
         raise MetaedgeError(f"{onnx_path} does not exist", "run `metaedge compress` (or export) first")
     check_onnx_file(onnx_path)
@@ -61,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
         load_targets_toml(args.targets_file)
     target = get_target(args.target)
     if target.is_gpu:
-        raise MetaedgeError(f"tuning for GPU target {target.name} is not supported here",
-                            "compile it untuned (dlight default schedules) with `metaedge compile`")
+        raise MetaedgeError(
+            f"tuning for GPU target {target.name} is not supported here", "compile it untuned (dlight default schedules) with `metaedge compile`"
+        )
     if target.measurement == "rpc" and args.device is None:
-        raise MetaedgeError(f"{target.name} is measured on the device, and no --device was given",
-                            "pass --device tracker-host:port/key (see `metaedge profile --help` for the tracker)")
+        raise MetaedgeError(
+            f"{target.name} is measured on the device, and no --device was given",
+            "pass --device tracker-host:port/key (see `metaedge profile --help` for the tracker)",
+        )
     onnx_path = _resolve_onnx(args.source)
     if args.device is not None:
         from metaedge.targets.rpc import parse_device
@@ -97,8 +99,7 @@ class _Progress:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
-                                TimeElapsedColumn(), transient=True)
+            self.bar = Progress(TextColumn("tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"), TimeElapsedColumn(), transient=True)
             self.bar.__enter__()
             self.task = self.bar.add_task("tune", total=self.budget, best="")
         return self
@@ -126,7 +127,8 @@ def _print(res, target: str, onnx_path: Path) -> None:
         c.print(f"tuning: nothing to do ({res.skipped_reason}); estimated {est}")
     else:
         state = "interrupted, kept" if res.interrupted else "measured"
-        c.print(f"tuning: {state} {res.trials_run} candidates over {res.tasks} kernels in {res.seconds:.0f} s "
-                f"({res.seeded} default schedules); estimated {est}")
+        c.print(
+            f"tuning: {state} {res.trials_run} candidates over {res.tasks} kernels in {res.seconds:.0f} s ({res.seeded} default schedules); estimated {est}"
+        )
     c.print(f"database: {res.database}")
     c.print(f"next: metaedge compile --target {target} {onnx_path.parent if onnx_path.name == 'model.onnx' else onnx_path}")

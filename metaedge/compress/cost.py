@@ -6,6 +6,7 @@ without running the network. ``macs`` counts multiply-accumulates of conv and li
 convention of the MobileNet and MetaPruning papers); BN, pooling and activations are element-wise
 work reported apart as ``elementwise_ops``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -85,7 +86,20 @@ def layer_specs(model: nn.Module, input_shape: Sequence[int]) -> list[LayerSpec]
         def fn(mod: nn.Module, inputs, output) -> None:
             x = inputs[0]
             if isinstance(mod, nn.Conv2d):
-                specs.append(LayerSpec("conv", mod.in_channels, mod.out_channels, _pair(mod.kernel_size), _pair(mod.stride), mod.groups, _hw(x), _hw(output), mod.bias is not None, name))
+                specs.append(
+                    LayerSpec(
+                        "conv",
+                        mod.in_channels,
+                        mod.out_channels,
+                        _pair(mod.kernel_size),
+                        _pair(mod.stride),
+                        mod.groups,
+                        _hw(x),
+                        _hw(output),
+                        mod.bias is not None,
+                        name,
+                    )
+                )
             elif isinstance(mod, nn.Linear):
                 specs.append(LayerSpec("linear", mod.in_features, mod.out_features, bias=mod.bias is not None, name=name))
             elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):

@@ -3,6 +3,7 @@
 gloo on CPU, nccl on GPUs. Every rank runs the same code with the same seeds (so PruningNet training
 samples the same width vector on every rank each step); only rank 0 writes files and shows progress.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ atomic checkpoint after every epoch that a rerun with the same settings resumes 
 with other settings is refused). Under torchrun epoch means are summed over ranks and only rank 0
 writes checkpoints and shows progress.
 """
+
 from __future__ import annotations
 
 import math
@@ -145,7 +146,7 @@ class _EpochMeans:
         sums, weight, correct, seen = self.sums, self.weight, self.correct, self.seen
         if dist.enabled:
             total = all_reduce_sum(torch.tensor([*sums.values(), weight, correct, seen], dtype=torch.float64), dist).tolist()
-            sums, (weight, correct, seen) = dict(zip(sums, total)), total[len(sums):]
+            sums, (weight, correct, seen) = dict(zip(sums, total)), total[len(sums) :]
         row = {k: s / max(weight, 1) for k, s in sums.items()}
         if self.accuracy:
             row["train_accuracy"] = correct / max(seen, 1)
@@ -159,7 +160,9 @@ def _describe(epoch: int, epochs: int, values: dict[str, Any]) -> str:
     return f"ep {epoch + 1}/{epochs} " + " ".join(f"{_SHORT.get(k, k)} {v:.3f}" for k, v in values.items() if isinstance(v, float))
 
 
-def _resume(checkpoint: Path, signature: dict, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], hooks: TrainHooks, what: str) -> tuple[int, list[dict]]:
+def _resume(
+    checkpoint: Path, signature: dict, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], hooks: TrainHooks, what: str
+) -> tuple[int, list[dict]]:
     state = load_checkpoint(checkpoint)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise MetaedgeError(f"checkpoint {checkpoint} was written by another version of metaedge", f"delete {checkpoint} to start this stage afresh")
@@ -240,8 +243,15 @@ def train_loop(
             epochs_run += 1
             bar.update(task, info=_describe(epoch, cfg.epochs, row))
             if checkpoint is not None and dist.is_main:
-                state = {"format": CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                         "optimizers": [opt.state_dict() for opt in optimizers], "extra": hooks.state_dict()}
+                state = {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": config,
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "model": model.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in optimizers],
+                    "extra": hooks.state_dict(),
+                }
                 with atomic_path(checkpoint) as tmp:
                     torch.save(state, tmp)
             barrier(dist)

@@ -3,6 +3,7 @@
 Nesterov SGD (no weight decay on BN parameters and biases), label smoothing, optional knowledge
 distillation from a teacher; the schedule, checkpoint and resume are the engine's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,7 +47,9 @@ def make_sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.o
     for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=True)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=True
+    )
 
 
 class SupervisedHooks(TrainHooks):
@@ -54,8 +57,14 @@ class SupervisedHooks(TrainHooks):
     distillation from ``teacher`` when ``cfg.distill_alpha > 0``; validation top-1 after every epoch
     when ``val_loader`` is given. QAT and VIB gate training extend it."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, val_loader: DataLoader | None = None, teacher: nn.Module | None = None,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        val_loader: DataLoader | None = None,
+        teacher: nn.Module | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.model, self.cfg, self.val_loader = model, cfg, val_loader
         if teacher is not None:
             teacher.eval()

@@ -1,4 +1,5 @@
 """The shared training settings every stage composes (torch-free, so settings are checked before torch is imported)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,4 +28,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise MetaedgeError(f"bad training settings (epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr})", "use epochs >= 0, batch_size >= 1, lr > 0")
+            raise MetaedgeError(
+                f"bad training settings (epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr})", "use epochs >= 0, batch_size >= 1, lr > 0"
+            )

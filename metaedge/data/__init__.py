@@ -6,6 +6,7 @@ unless one is asked for) and normalized with the training split's per-channel me
 the manifest so devices preprocess alike). Sources with an official test set keep it as the test
 split; val is then carved from their train set.
 """
+
 from __future__ import annotations
 
 import importlib

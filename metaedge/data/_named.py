@@ -1,4 +1,5 @@
 """Named benchmark datasets installed as system packages (``--data fashion-mnist``)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Deterministic, stratified splits: the same seed gives the same indices anywhere."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Cheap checks on loaded data, so a bad array fails at load with one line, not mid-training."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,4 +53,6 @@ def check_class_counts(y: np.ndarray, where: str, names: list[str] | None = None
         k = int(small[0])
         name = f"{k} ({names[k]!r})" if names else str(k)
         more = f" (and {len(small) - 1} more classes)" if len(small) > 1 else ""
-        raise MetaedgeError(f"{where}: class {name} has {counts[k]} images{more}, the split needs at least {minimum} per class", f"add images of class {name} or drop it")
+        raise MetaedgeError(
+            f"{where}: class {name} has {counts[k]} images{more}, the split needs at least {minimum} per class", f"add images of class {name} or drop it"
+        )

@@ -1,4 +1,5 @@
 """What data a run uses (torch-free, so settings are checked before torch is imported)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -7,6 +7,7 @@ gzipped (name ending in ``.gz``). A dataset folder holds a train pair and a test
 a name token ``train`` or ``t10k``/``test`` (``train-images-idx3-ubyte.gz``,
 ``emnist-digits-test-labels-idx1-ubyte``).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -91,7 +92,10 @@ def find_idx_files(folder: Path) -> IdxFiles:
             cands = found.get((split, kind), [])
             stems = {p.name.removesuffix(".gz") for p in cands}
             if not cands:
-                raise MetaedgeError(f"{folder} has no {split} {kind} file (*{'t10k' if split == 'test' else 'train'}*-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz])", _FIX)
+                raise MetaedgeError(
+                    f"{folder} has no {split} {kind} file (*{'t10k' if split == 'test' else 'train'}*-{kind}-idx{3 if kind == 'images' else 1}-ubyte[.gz])",
+                    _FIX,
+                )
             if len(stems) > 1:
                 raise MetaedgeError(f"{folder} has several {split} {kind} files ({', '.join(sorted(stems))})", "keep one dataset's IDX files per folder")
             picked[f"{split}_{kind}"] = min(cands, key=lambda p: p.name.endswith(".gz"))
@@ -108,5 +112,7 @@ def load_idx_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             raise MetaedgeError(f"{images.name} has {len(x)} images but {labels.name} {len(y)} labels", "use image and label files of the same release")
         out += [x[:, None], y]
     if out[0].shape[2:] != out[2].shape[2:]:
-        raise MetaedgeError(f"train images are {out[0].shape[2:]} but test images {out[2].shape[2:]} in {folder}", "use train and test files of the same dataset")
+        raise MetaedgeError(
+            f"train images are {out[0].shape[2:]} but test images {out[2].shape[2:]} in {folder}", "use train and test files of the same dataset"
+        )
     return out[0], out[1], out[2], out[3]

@@ -1,4 +1,5 @@
 """Loading a data source into normalized train / val / test tensors (see the package docstring)."""
+
 from __future__ import annotations
 
 import zipfile
@@ -60,7 +61,10 @@ def _image_folder(root: Path, in_chans: int | None) -> tuple[np.ndarray, np.ndar
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if len(classes) < 2:
-        raise MetaedgeError(f"image folder {root} has {len(classes)} class subfolders", "put one subfolder per class (at least two) with images inside, or the IDX files of an MNIST-format dataset")
+        raise MetaedgeError(
+            f"image folder {root} has {len(classes)} class subfolders",
+            "put one subfolder per class (at least two) with images inside, or the IDX files of an MNIST-format dataset",
+        )
     mode = "L" if in_chans == 1 else "RGB"
     xs, ys = [], []
     size = None
@@ -89,7 +93,9 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise MetaedgeError(f"{path} lacks array 'x' or 'y' (has {sorted(z.files)})", "save it with np.savez(path, x=images, y=labels)")
             x, y = z["x"], z["y"]  # kept in their dtype: converted to float after subsetting
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise MetaedgeError(f"{path} is not a readable .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", "save it with np.savez(path, x=images, y=labels)") from exc
+        raise MetaedgeError(
+            f"{path} is not a readable .npz ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", "save it with np.savez(path, x=images, y=labels)"
+        ) from exc
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -125,7 +131,10 @@ def _read_source(cfg: DataConfig) -> _Raw:
     if path.suffix == ".npz" and path.is_file():
         return _Raw(str(path), *_npz(path))
     names = ", ".join(["digits", *NAMED_SOURCES])
-    raise MetaedgeError(f"data source {cfg.source} is not one of {names}, a folder or an existing .npz", f"pass --data digits, --data {next(iter(NAMED_SOURCES))}, --data DIR or --data file.npz")
+    raise MetaedgeError(
+        f"data source {cfg.source} is not one of {names}, a folder or an existing .npz",
+        f"pass --data digits, --data {next(iter(NAMED_SOURCES))}, --data DIR or --data file.npz",
+    )
 
 
 def _indices(cfg: DataConfig, raw: _Raw, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,7 +144,9 @@ def _indices(cfg: DataConfig, raw: _Raw, y: np.ndarray, num_classes: int) -> tup
     train, val, test = stratified_split(y, cfg.val_frac, test_frac, cfg.seed)
     if cfg.train_subset is not None:
         if cfg.train_subset < 2 * num_classes:
-            raise MetaedgeError(f"--train-subset {cfg.train_subset} is too small for {num_classes} classes", f"pass at least {2 * num_classes} (2 images per class)")
+            raise MetaedgeError(
+                f"--train-subset {cfg.train_subset} is too small for {num_classes} classes", f"pass at least {2 * num_classes} (2 images per class)"
+            )
         train = stratified_subset(y, train, cfg.train_subset, cfg.seed)
     return train, val, test
 
@@ -186,7 +197,10 @@ def load_data(cfg: DataConfig = DataConfig()) -> DataSplits:
         assert raw.y_test is not None  # every source gives test images and labels together
         y_test = integer_labels(raw.y_test, f"{raw.name} (test)")
         if len(y_test) and (y_test.min() < 0 or y_test.max() >= num_classes):
-            raise MetaedgeError(f"{raw.name}: test labels span {y_test.min()}..{y_test.max()} but train has classes 0..{num_classes - 1}", "use train and test files of the same dataset")
+            raise MetaedgeError(
+                f"{raw.name}: test labels span {y_test.min()}..{y_test.max()} but train has classes 0..{num_classes - 1}",
+                "use train and test files of the same dataset",
+            )
         tests, labels = [raw.x_test], [*labels, y_test]
     x = _gather_float(raw.x, order, tests)
     n_train, n_val = len(train_idx), len(val_idx)

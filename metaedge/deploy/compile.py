@@ -11,6 +11,7 @@ Backends that cannot be measured (an aarch64 library without a device, a TensorR
 only be built on the target) are still compiled and recorded with the reason; if nothing could be
 measured, the target's preferred backend among those that compiled is chosen, and the entry says so.
 """
+
 from __future__ import annotations
 
 import time
@@ -78,12 +79,12 @@ def _resolve_backends(backends: str | Sequence[str], target: Target) -> list[str
 
 def _parity(ref: np.ndarray, outputs: np.ndarray, tolerance: Tolerance, step: float | None) -> ParityReport:
     n = len(ref)
-    return compare(ref.reshape(n, -1), outputs.reshape(n, -1), tolerance, step=step,
-                   step_from="output DequantizeLinear scale" if step else None)
+    return compare(ref.reshape(n, -1), outputs.reshape(n, -1), tolerance, step=step, step_from="output DequantizeLinear scale" if step else None)
 
 
-def _measure_one(compiled: CompiledModel, target: Target, xs: np.ndarray, ref: np.ndarray, timing: TimingConfig,
-                 device: str | None, tolerance: Tolerance, step: float | None) -> dict[str, Any]:
+def _measure_one(
+    compiled: CompiledModel, target: Target, xs: np.ndarray, ref: np.ndarray, timing: TimingConfig, device: str | None, tolerance: Tolerance, step: float | None
+) -> dict[str, Any]:
     """Parity + latency for one compiled artifact: locally, remotely, or not at all (with why)."""
     try:
         runner = runner_for(target, compiled.backend, device, timing)
@@ -92,13 +93,21 @@ def _measure_one(compiled: CompiledModel, target: Target, xs: np.ndarray, ref: n
     res = runner.measure(MeasureInput(compiled, xs))
     assert res.outputs is not None  # MeasureInput.inputs given: the outputs come back
     parity = _parity(ref, res.outputs, tolerance, step)
-    return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity.to_dict(), "measured_on": res.measured_on,
-            "parity_pass": parity.passed}
+    return {"status": "ok", "latency": res.latency.to_dict(), "parity": parity.to_dict(), "measured_on": res.measured_on, "parity_pass": parity.passed}
 
 
-def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | str, backends: str | Sequence[str] = "auto",
-                       timing: TimingConfig = TimingConfig(), device: str | None = None, *, tvm_options: Any = None,
-                       parity_samples: int = PARITY_SAMPLES, cache: Any = None) -> dict[str, Any]:
+def compile_for_target(
+    onnx_path: Path | str,
+    target: Any,
+    artifact_dir: Path | str,
+    backends: str | Sequence[str] = "auto",
+    timing: TimingConfig = TimingConfig(),
+    device: str | None = None,
+    *,
+    tvm_options: Any = None,
+    parity_samples: int = PARITY_SAMPLES,
+    cache: Any = None,
+) -> dict[str, Any]:
     """Compile ``onnx_path`` for ``target`` (a name or Target) into ``artifact_dir/compiled/<target>/``
     and return the target's manifest section ``{<backend>: {...}, "chosen": ..., "chosen_by": ...}``.
 
@@ -120,9 +129,15 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
     sha = file_sha256(onnx_path)
     variant = str(device or "local")
     # arch/gpu let the torch-free runner tell which target's choice runs on the machine it is on.
-    entry: dict[str, Any] = {"target": target.name, "arch": target.arch, "gpu": target.is_gpu,
-                             "device": device, "onnx_sha256": sha, "quantized": quantized,
-                             "timing": {"warmup": timing.warmup, "repeats": timing.repeats, "threads": timing.threads}}
+    entry: dict[str, Any] = {
+        "target": target.name,
+        "arch": target.arch,
+        "gpu": target.is_gpu,
+        "device": device,
+        "onnx_sha256": sha,
+        "quantized": quantized,
+        "timing": {"warmup": timing.warmup, "repeats": timing.repeats, "threads": timing.threads},
+    }
     for name in names:
         t0 = time.perf_counter()
         backend = make_backend(name, tvm_options)
@@ -143,8 +158,7 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
             continue
         rec: dict[str, Any] = {"path": _rel(compiled.path, artifact_dir), "compile_s": round(time.perf_counter() - t0, 3)}
         if name == "tensorrt" and not compiled.extra.get("built"):
-            rec.update(status="deferred", reason=compiled.extra.get("reason"), trtexec=compiled.extra.get("trtexec"),
-                       int8=compiled.extra.get("int8"))
+            rec.update(status="deferred", reason=compiled.extra.get("reason"), trtexec=compiled.extra.get("trtexec"), int8=compiled.extra.get("int8"))
             entry[name] = rec
             continue
         # The tolerance is part of the key: a cached verdict holds only under the rule that gave it.
@@ -155,27 +169,38 @@ def compile_for_target(onnx_path: Path | str, target: Any, artifact_dir: Path | 
         else:
             rec.update(_measure_one(compiled, target, xs, ref, timing, device, tolerance, step))
             if cache is not None and rec.get("status") == "ok":
-                cache.put(sha, target.name, name, rec["latency"], cache_tag, status="ok", parity=rec["parity"],
-                          parity_pass=rec["parity_pass"], measured_on=rec["measured_on"])
+                cache.put(
+                    sha,
+                    target.name,
+                    name,
+                    rec["latency"],
+                    cache_tag,
+                    status="ok",
+                    parity=rec["parity"],
+                    parity_pass=rec["parity_pass"],
+                    measured_on=rec["measured_on"],
+                )
         entry[name] = rec
     entry.update(_choose(entry, names, target))
     return entry
 
 
 def _choose(entry: dict[str, Any], names: list[str], target: Target) -> dict[str, Any]:
-    measured = [(entry[n]["latency"]["p50_ms"], n) for n in names
-                if isinstance(entry.get(n), dict) and entry[n].get("status") == "ok" and entry[n].get("parity_pass")]
+    measured = [
+        (entry[n]["latency"]["p50_ms"], n) for n in names if isinstance(entry.get(n), dict) and entry[n].get("status") == "ok" and entry[n].get("parity_pass")
+    ]
     if measured:
         best = min(measured)
         return {"chosen": best[1], "chosen_by": f"fastest p50 among {', '.join(n for _, n in sorted(measured))}"}
-    built = [n for n in target.backends if n in names and isinstance(entry.get(n), dict)
-             and entry[n].get("status") in ("compiled", "deferred")]
+    built = [n for n in target.backends if n in names and isinstance(entry.get(n), dict) and entry[n].get("status") in ("compiled", "deferred")]
     if built:
         return {"chosen": built[0], "chosen_by": "target preference (nothing could be measured here)"}
     failed = [n for n in names if entry.get(n, {}).get("status") == "ok"]
     if failed:
-        raise MetaedgeError(f"every measured backend failed the parity check for {target.name} ({', '.join(failed)})",
-                            "inspect the parity numbers in the manifest; compile with --backend onnxruntime")
+        raise MetaedgeError(
+            f"every measured backend failed the parity check for {target.name} ({', '.join(failed)})",
+            "inspect the parity numbers in the manifest; compile with --backend onnxruntime",
+        )
     reasons = "; ".join(f"{n}: {entry.get(n, {}).get('reason', '?')}" for n in names)
     raise MetaedgeError(f"no backend could compile for {target.name} ({reasons})", "install a backend or pick another --backend")
 

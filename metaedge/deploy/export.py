@@ -7,6 +7,7 @@ runs ONNX Runtime and PyTorch on the same real inputs and judges them by the fp3
 :mod:`metaedge.parity` (``ExportConfig`` carries its tolerance); an export whose outputs disagree
 beyond tolerance is refused, so a wrong ONNX never reaches a device.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str,
             )
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise MetaedgeError(f"torch.onnx.export failed for this model ({first[:200]})", "run with --debug for the exporter's trace; data-dependent control flow must be removed for export") from exc
+            raise MetaedgeError(
+                f"torch.onnx.export failed for this model ({first[:200]})",
+                "run with --debug for the exporter's trace; data-dependent control flow must be removed for export",
+            ) from exc
     assert program is not None  # dynamo=True always returns an ONNXProgram
     proto = program.model_proto
     too_big = proto.ByteSize() > _PROTOBUF_LIMIT
@@ -69,7 +73,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path | str,
     return path
 
 
-def check_parity(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, config: ExportConfig = ExportConfig(), raise_on_fail: bool = True) -> ParityReport:
+def check_parity(
+    model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, config: ExportConfig = ExportConfig(), raise_on_fail: bool = True
+) -> ParityReport:
     """Run ONNX Runtime and PyTorch on ``inputs`` (real validation images) and compare logits
     under the fp32 rule of :mod:`metaedge.parity`."""
     from metaedge.deploy.backends.onnxruntime import OrtRunner
@@ -81,6 +87,7 @@ def check_parity(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, 
     out = np.concatenate([runner.run(x[i : i + 64].numpy()) for i in range(0, len(x), 64)])
     report = compare(ref, out, config.tolerance)
     if raise_on_fail:
-        report.require(str(onnx_path), "the ONNX file does not compute what the PyTorch model does; run with --debug, "
-                                       "or loosen --parity-atol only if you accept the drift")
+        report.require(
+            str(onnx_path), "the ONNX file does not compute what the PyTorch model does; run with --debug, or loosen --parity-atol only if you accept the drift"
+        )
     return report

@@ -1,4 +1,5 @@
 """Settings of the fp32 ONNX export and its parity gate (torch-free, so settings are checked before torch is imported)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ The table reaches the pruning search only as the ``latency_fn(specs) -> ms`` cal
 :func:`make_latency_fn` returns; the pipeline hands it to ``compress/`` as the budget function, so
 neither side imports the other.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,10 @@ def spec_key(spec: Any) -> str:
     s = _get(spec, "stride", (1, 1))
     i = _get(spec, "in_hw", (1, 1))
     o = _get(spec, "out_hw", (1, 1))
-    return (f"{_get(spec, 'kind')}:c{_get(spec, 'in_channels')}-{_get(spec, 'out_channels')}:k{k[0]}x{k[1]}"
-            f":s{s[0]}x{s[1]}:g{_get(spec, 'groups', 1)}:i{i[0]}x{i[1]}:o{o[0]}x{o[1]}:b{int(bool(_get(spec, 'bias', False)))}")
+    return (
+        f"{_get(spec, 'kind')}:c{_get(spec, 'in_channels')}-{_get(spec, 'out_channels')}:k{k[0]}x{k[1]}"
+        f":s{s[0]}x{s[1]}:g{_get(spec, 'groups', 1)}:i{i[0]}x{i[1]}:o{o[0]}x{o[1]}:b{int(bool(_get(spec, 'bias', False)))}"
+    )
 
 
 def _macs(spec: Any) -> float:
@@ -97,8 +100,7 @@ def layer_onnx(spec: Any, path: Path | str) -> tuple[int, ...]:
         # Always with a bias: a following BatchNorm folds into one at export.
         inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
         inputs = [INPUT_NAME, "w", "b"]
-        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[kh, kw], strides=[sh, sw],
-                                      pads=[ph, pw, ph, pw], group=g))
+        nodes.append(helper.make_node("Conv", inputs, ["y"], kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw], group=g))
         nodes.append(helper.make_node("Relu", ["y"], [OUTPUT_NAME]))
         out_shape = [1, cout, oh, ow]
     elif kind == "linear":
@@ -119,8 +121,13 @@ def layer_onnx(spec: Any, path: Path | str) -> tuple[int, ...]:
         out_shape = [1, c, oh, ow]
     else:
         raise ValueError(f"no latency model for layer kind {kind!r}")
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(in_shape))],
-                              [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, out_shape)],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -199,9 +206,14 @@ class LatencyTable:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "backend": self.backend, "device": self.device, "overhead_ms": self.overhead_ms,
-                "scale": self.scale,
-                "entries": {k: {"ms": v, "kind": self.kinds[k], "macs": self.macs[k]} for k, v in self.entries.items()}}
+        return {
+            "target": self.target,
+            "backend": self.backend,
+            "device": self.device,
+            "overhead_ms": self.overhead_ms,
+            "scale": self.scale,
+            "entries": {k: {"ms": v, "kind": self.kinds[k], "macs": self.macs[k]} for k, v in self.entries.items()},
+        }
 
     def save(self, path: Path | str) -> None:
         atomic_write_json(path, self.to_dict())
@@ -209,16 +221,23 @@ class LatencyTable:
     @classmethod
     def load(cls, path: Path | str) -> "LatencyTable":
         d = json.loads(Path(path).read_text())
-        t = cls(d["target"], d["backend"], d.get("device"), overhead_ms=float(d.get("overhead_ms", 0.0)),
-                scale=float(d.get("scale", 1.0)))
+        t = cls(d["target"], d["backend"], d.get("device"), overhead_ms=float(d.get("overhead_ms", 0.0)), scale=float(d.get("scale", 1.0)))
         for k, e in d["entries"].items():
             t.entries[k], t.kinds[k], t.macs[k] = float(e["ms"]), e["kind"], float(e["macs"])
         return t
 
 
-def measure_layers(specs: Sequence[Any], target: str | Target, *, device: str | None = None, backend: str = "tvm",
-                   timing: TimingConfig = TimingConfig(warmup=5, repeats=20), cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
-                   table: LatencyTable | None = None, work_dir: Path | str | None = None) -> LatencyTable:
+def measure_layers(
+    specs: Sequence[Any],
+    target: str | Target,
+    *,
+    device: str | None = None,
+    backend: str = "tvm",
+    timing: TimingConfig = TimingConfig(warmup=5, repeats=20),
+    cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
+    table: LatencyTable | None = None,
+    work_dir: Path | str | None = None,
+) -> LatencyTable:
     """Measure every unique measurable shape in ``specs`` not yet in the table or the disk cache.
 
     ``backend="tvm"`` compiles each layer for the target (and times it remotely when ``device`` is
@@ -261,9 +280,17 @@ def measure_layers(specs: Sequence[Any], target: str | Target, *, device: str | 
     return table
 
 
-def make_latency_fn(target: str | Target, device: str | None = None, *, specs: Sequence[Any] = (), backend: str = "tvm",
-                    timing: TimingConfig = TimingConfig(warmup=5, repeats=20), cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
-                    width_multipliers: Sequence[float] = (1.0,), measure_unseen: bool = False) -> Callable[[Sequence[Any]], float]:
+def make_latency_fn(
+    target: str | Target,
+    device: str | None = None,
+    *,
+    specs: Sequence[Any] = (),
+    backend: str = "tvm",
+    timing: TimingConfig = TimingConfig(warmup=5, repeats=20),
+    cache_path: Path | str | None = DEFAULT_TABLE_CACHE,
+    width_multipliers: Sequence[float] = (1.0,),
+    measure_unseen: bool = False,
+) -> Callable[[Sequence[Any]], float]:
     """A ``latency_fn(specs) -> ms`` for the pruning search, backed by a table measured on ``target``.
 
     The table is seeded with ``specs`` (the unpruned network's layers: the pipeline passes
@@ -272,8 +299,11 @@ def make_latency_fn(target: str | Target, device: str | None = None, *, specs: S
     are estimated by the fit, or measured on first use when ``measure_unseen`` is set (slow: one
     compile per new shape). The returned function carries the table as ``latency_fn.table``."""
     seed = _with_widths(list(specs), width_multipliers)
-    table = measure_layers(seed, target, device=device, backend=backend, timing=timing, cache_path=cache_path) if seed \
+    table = (
+        measure_layers(seed, target, device=device, backend=backend, timing=timing, cache_path=cache_path)
+        if seed
         else LatencyTable(getattr(target, "name", str(target)), backend, device)
+    )
 
     def latency_fn(layer_specs_: Sequence[Any]) -> float:
         if measure_unseen:

@@ -5,6 +5,7 @@ The QDQ file itself is written on the torch side (:mod:`metaedge.compress.metaqu
 QAT models, :mod:`metaedge.compress.metaquant.ptq` for post-training int8); the profiles and
 TensorRT's placement rules both sides read are in :mod:`metaedge.qdq`.
 """
+
 from __future__ import annotations
 
 from collections import Counter

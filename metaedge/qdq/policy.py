@@ -11,6 +11,7 @@ Spec strings (``--quant-layer-bits``): ``"default"`` (first, last and depthwise 
 ``first``, ``last`` or ``depthwise``, PATTERN an fnmatch pattern over module names (``layer1.*``),
 and BITS 1, 2, 4, 8 or ``same`` (the body's bits). Items not named keep their default.
 """
+
 from __future__ import annotations
 
 import fnmatch

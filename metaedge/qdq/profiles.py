@@ -22,6 +22,7 @@ floats): conv sums of grid values are then exact in float32 whatever the summati
 runtime and the torch model round the same activations the same way (measured: with free float
 biases, 10x more one-step flips between torch and ORT in ResNet-20's logits).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

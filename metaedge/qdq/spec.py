@@ -1,4 +1,5 @@
 """The CLI's quantization spec ("w4a8"): the bit widths a run asks for, checked before any work."""
+
 from __future__ import annotations
 
 import re

@@ -28,6 +28,7 @@ the engine on the target. The rules, by id:
   and nothing else, and each DequantizeLinear feeds exactly one node or one graph output.
 * ``TRT011`` QuantizeLinear reads a float tensor (FLOAT, FLOAT16 or BFLOAT16).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -206,7 +207,15 @@ def check_tensorrt_qdq(model_or_path) -> TrtQdqReport:
             out.append(Violation("TRT011", name, f"input type {t} is not float"))
         users = g.consumers.get(q.output[0], [])
         if len(users) != 1 or users[0].op_type != "DequantizeLinear" or q.output[0] in g.outputs:
-            out.append(Violation("TRT010", name, f"feeds {[u.op_type for u in users]} (+ graph output)" if q.output[0] in g.outputs else f"feeds {[u.op_type for u in users]}, not exactly one DequantizeLinear"))
+            out.append(
+                Violation(
+                    "TRT010",
+                    name,
+                    f"feeds {[u.op_type for u in users]} (+ graph output)"
+                    if q.output[0] in g.outputs
+                    else f"feeds {[u.op_type for u in users]}, not exactly one DequantizeLinear",
+                )
+            )
     for dq in dqs:
         name = _name(dq)
         src = g.producer.get(dq.input[0])
@@ -268,5 +277,8 @@ def require_tensorrt_qdq(model_or_path, where: str = "the QDQ model") -> TrtQdqR
     if not report.passed:
         first = "; ".join(str(v) for v in report.violations[:3])
         more = f" (+{len(report.violations) - 3} more)" if len(report.violations) > 3 else ""
-        raise MetaedgeError(f"{where} breaks TensorRT's Q/DQ placement rules: {first}{more}", "export with the tensorrt profile (--quant-profile tensorrt); see metaedge/qdq/tensorrt_rules.py for the rules")
+        raise MetaedgeError(
+            f"{where} breaks TensorRT's Q/DQ placement rules: {first}{more}",
+            "export with the tensorrt profile (--quant-profile tensorrt); see metaedge/qdq/tensorrt_rules.py for the rules",
+        )
     return report

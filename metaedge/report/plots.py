@@ -3,6 +3,7 @@
 Input is plain data (label -> per-call samples in ms) so any measurement path (local ONNX Runtime,
 TVM over RPC, HTTP against a bundle) can be plotted. Needs matplotlib (``pip install metaedge[plot]``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """`metaedge sweep`: many budgets from one baseline and one PruningNet, the accuracy-latency frontier
 of the results, and the pick of the point to deploy."""
+
 from metaedge.sweep.config import SweepConfig
 from metaedge.sweep.frontier import FrontierRow
 from metaedge.sweep.pick import choose_point, copy_point

@@ -1,6 +1,7 @@
 """What a sweep runs: the per-point pipeline settings, the budgets, quant settings and pruners to
 cross, and how to pick the deployable point. Everything here is parsed and validated before any
 training, so a bad value costs one line and exit code 2, not a baseline training."""
+
 from __future__ import annotations
 
 import re

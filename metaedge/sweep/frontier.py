@@ -6,6 +6,7 @@ The latency axis is the measured p50 of the backend the pipeline chose for the f
 cross-compiled target without ``--device``) falls back to ONNX Runtime on this machine, and the
 row says which it is.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,15 +55,25 @@ def point_row(point, manifest: dict[str, Any], target: str | None) -> FrontierRo
     """``point`` is a plan.SweepPoint; ``manifest`` its finished artifact's manifest."""
     latency, source = _chosen_latency(manifest, target)
     cost = manifest.get("cost", {})
-    return FrontierRow(point=point.name, series=point.series, pruner=point.pruner or "none", budget=point.budget or "1.0", quant=point.quant,
-                       test_acc=float(manifest["stages"]["final"]["accuracy"]["test"]), latency_ms=latency, latency_source=source,
-                       macs=int(cost.get("macs", 0)), params=int(cost.get("params", 0)),
-                       onnx_bytes=int(manifest.get("files", {}).get("model.onnx", {}).get("bytes", 0)))
+    return FrontierRow(
+        point=point.name,
+        series=point.series,
+        pruner=point.pruner or "none",
+        budget=point.budget or "1.0",
+        quant=point.quant,
+        test_acc=float(manifest["stages"]["final"]["accuracy"]["test"]),
+        latency_ms=latency,
+        latency_source=source,
+        macs=int(cost.get("macs", 0)),
+        params=int(cost.get("params", 0)),
+        onnx_bytes=int(manifest.get("files", {}).get("model.onnx", {}).get("bytes", 0)),
+    )
 
 
 def pareto_front(rows: list[FrontierRow]) -> list[FrontierRow]:
     """The rows, each flagged ``pareto`` unless another row beats it: at least as accurate and at
     least as fast, strictly better in one."""
+
     def beaten(r: FrontierRow) -> bool:
         return any(o.test_acc >= r.test_acc and o.latency_ms <= r.latency_ms and (o.test_acc > r.test_acc or o.latency_ms < r.latency_ms) for o in rows)
 
@@ -119,6 +130,16 @@ def frontier_table(rows: list[FrontierRow], title: str):
     for col in ("point", "series", "budget", "test acc", "latency ms", "measured with", "MACs", "params", "ONNX KiB", "front"):
         t.add_column(col, justify="left" if col in ("point", "series", "measured with") else "right")
     for r in sorted(rows, key=lambda r: r.latency_ms):
-        t.add_row(r.point, r.series, r.budget, f"{100 * r.test_acc:.2f}%", f"{r.latency_ms:.3f}", r.latency_source, format_count(r.macs),
-                  format_count(r.params), f"{r.onnx_bytes / 1024:.0f}", "*" if r.pareto else "")
+        t.add_row(
+            r.point,
+            r.series,
+            r.budget,
+            f"{100 * r.test_acc:.2f}%",
+            f"{r.latency_ms:.3f}",
+            r.latency_source,
+            format_count(r.macs),
+            format_count(r.params),
+            f"{r.onnx_bytes / 1024:.0f}",
+            "*" if r.pareto else "",
+        )
     return t

@@ -1,4 +1,5 @@
 """Choose the deployable point of a frontier and copy its artifact folder to ``--out``."""
+
 from __future__ import annotations
 
 import shutil
@@ -20,15 +21,19 @@ def choose_point(rows: list[FrontierRow], max_ms: float | None = None, min_acc: 
         fits = [r for r in rows if r.latency_ms <= max_ms]
         if not fits:
             fastest = min(rows, key=lambda r: r.latency_ms)
-            raise MetaedgeError(f"no point runs within {max_ms:.3f} ms (the fastest, {fastest.point}, takes {fastest.latency_ms:.3f} ms)",
-                                "raise --pick, or add smaller budgets to the sweep")
+            raise MetaedgeError(
+                f"no point runs within {max_ms:.3f} ms (the fastest, {fastest.point}, takes {fastest.latency_ms:.3f} ms)",
+                "raise --pick, or add smaller budgets to the sweep",
+            )
         return max(fits, key=lambda r: (r.test_acc, -r.latency_ms))
     assert min_acc is not None  # exactly one of the two, checked above
     fits = [r for r in rows if r.test_acc >= min_acc]
     if not fits:
         best = max(rows, key=lambda r: r.test_acc)
-        raise MetaedgeError(f"no point reaches {100 * min_acc:.2f}% test accuracy (the best, {best.point}, has {100 * best.test_acc:.2f}%)",
-                            "lower --pick-acc, or add larger budgets to the sweep")
+        raise MetaedgeError(
+            f"no point reaches {100 * min_acc:.2f}% test accuracy (the best, {best.point}, has {100 * best.test_acc:.2f}%)",
+            "lower --pick-acc, or add larger budgets to the sweep",
+        )
     return min(fits, key=lambda r: (r.latency_ms, -r.test_acc))
 
 

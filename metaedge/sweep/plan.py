@@ -6,6 +6,7 @@ measured like the others. Points that prune to the same budget with the same pru
 *group*: they share the prune stage's cache (search, fine-tune), so a group's points run one after
 another in one process, and only groups run in parallel.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,7 @@ def point_groups(points: list[SweepPoint]) -> list[list[SweepPoint]]:
 def point_config(cfg: SweepConfig, point: SweepPoint, root: Path) -> PipelineConfig:
     """A normal `metaedge compress` configuration writing the point's own artifact folder."""
     kw: dict[str, Any] = {"quant": point.quant}  # a spec as written: PipelineConfig parses it
-    base = replace(cfg.base, out=str(root / "points" / point.name), prune_macs=None, prune_latency=None,
-                   lowrank="off", pruningnet_budgets=None, **kw)
+    base = replace(cfg.base, out=str(root / "points" / point.name), prune_macs=None, prune_latency=None, lowrank="off", pruningnet_budgets=None, **kw)
     if point.pruner is None:
         return base
     budget: dict[str, Any] = {"prune_macs": point.budget} if cfg.budget_kind == "macs" else {"prune_latency": point.budget}

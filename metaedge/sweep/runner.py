@@ -11,6 +11,7 @@ Order: the baseline point (trains or reuses the cached baseline), then the first
 time in parallel processes; the points of one group always run one after another (they share the
 prune stage's cache).
 """
+
 from __future__ import annotations
 
 import json
@@ -95,11 +96,19 @@ class _Summary:
         summary = {
             "schema_version": 1,
             "kind": "sweep",
-            "settings": {"budget_kind": self.cfg.budget_kind, "budgets": list(self.cfg.budgets), "quants": list(self.cfg.quants),
-                         "pruners": list(self.cfg.pruners), "frontier_target": self.cfg.frontier_target, "base": _config_json(self.cfg.base)},
+            "settings": {
+                "budget_kind": self.cfg.budget_kind,
+                "budgets": list(self.cfg.budgets),
+                "quants": list(self.cfg.quants),
+                "pruners": list(self.cfg.pruners),
+                "frontier_target": self.cfg.frontier_target,
+                "base": _config_json(self.cfg.base),
+            },
             "pruningnets": pns,
-            "points": {p.name: {"state": self.state[p.name], "folder": f"points/{p.name}", "group": p.group, "series": p.series,
-                                "frontier": rows.get(p.name)} for p in self.points},
+            "points": {
+                p.name: {"state": self.state[p.name], "folder": f"points/{p.name}", "group": p.group, "series": p.series, "frontier": rows.get(p.name)}
+                for p in self.points
+            },
             "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_write_json(self.root / SUMMARY_NAME, summary)
@@ -155,8 +164,9 @@ def frontier_title(cfg: SweepConfig) -> str:
     return f"{cfg.base.model} on {cfg.base.data.source}: test accuracy vs measured latency on {where}"
 
 
-def _run_parallel(groups: list[list[SweepPoint]], configs: dict[str, PipelineConfig], summary: _Summary, jobs: int, threads: int,
-                  log: Log, quiet: bool) -> None:
+def _run_parallel(
+    groups: list[list[SweepPoint]], configs: dict[str, PipelineConfig], summary: _Summary, jobs: int, threads: int, log: Log, quiet: bool
+) -> None:
     queue = [list(g) for g in groups]
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
         running: dict[Any, tuple[list[SweepPoint], SweepPoint]] = {}

@@ -2,6 +2,7 @@
 ``python -m metaedge.deploy.runtime serve`` (a container or a device), its ``/healthz``,
 ``/metrics`` and ``/infer`` endpoints, and errors that say what to start or check. Timing it is
 measurement, in :mod:`metaedge.deploy.measure.http`. Torch-free."""
+
 from __future__ import annotations
 
 import http.client
@@ -39,8 +40,7 @@ class HttpRuntimeClient:
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
                 if attempt:
-                    raise MetaedgeError(f"cannot reach the runtime at {self.url} ({exc})",
-                                        "start the bundle (docker run ... ) or check --url") from exc
+                    raise MetaedgeError(f"cannot reach the runtime at {self.url} ({exc})", "start the bundle (docker run ... ) or check --url") from exc
         raise AssertionError("unreachable")
 
     def health(self) -> dict:
@@ -55,8 +55,7 @@ class HttpRuntimeClient:
     def infer_npy(self, payload: bytes) -> dict:
         status, body = self._request("POST", "/infer", payload, "application/x-npy")
         if status != 200:
-            raise MetaedgeError(f"{self.url}/infer answered {status}: {body.get('error', body)}",
-                                "check the input shape against the model's manifest")
+            raise MetaedgeError(f"{self.url}/infer answered {status}: {body.get('error', body)}", "check the input shape against the model's manifest")
         return body
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ Built-ins cover the usual edge devices; users add their own in a TOML file (see
 :func:`load_targets_toml`, or point ``METAEDGE_TARGETS`` at the file). TVM is imported only by
 :meth:`Target.tvm` so listing targets stays cheap.
 """
+
 from __future__ import annotations
 
 import os
@@ -184,12 +185,9 @@ _BUILTINS: tuple[Target, ...] = (
         measurement="rpc",
     ),
     _cuda(DEFAULT_CUDA_ARCH),
-    _jetson("jetson-nano", "nvidia/jetson-nano", "Jetson Nano (Maxwell sm_53, JetPack 4)", "cortex-a57",
-            "nvcr.io/nvidia/l4t-base:r32.7.1"),
-    _jetson("jetson-orin-nano", "nvidia/jetson-orin-nano", "Jetson Orin Nano (Ampere sm_87, JetPack 6)",
-            "cortex-a78", "nvcr.io/nvidia/l4t-jetpack:r36.4.0"),
-    _jetson("jetson-xavier", "nvidia/jetson-agx-xavier", "Jetson AGX Xavier (Volta sm_72, JetPack 5)",
-            "carmel", "nvcr.io/nvidia/l4t-jetpack:r35.4.1"),
+    _jetson("jetson-nano", "nvidia/jetson-nano", "Jetson Nano (Maxwell sm_53, JetPack 4)", "cortex-a57", "nvcr.io/nvidia/l4t-base:r32.7.1"),
+    _jetson("jetson-orin-nano", "nvidia/jetson-orin-nano", "Jetson Orin Nano (Ampere sm_87, JetPack 6)", "cortex-a78", "nvcr.io/nvidia/l4t-jetpack:r36.4.0"),
+    _jetson("jetson-xavier", "nvidia/jetson-agx-xavier", "Jetson AGX Xavier (Volta sm_72, JetPack 5)", "carmel", "nvcr.io/nvidia/l4t-jetpack:r35.4.1"),
 )
 
 _USER: dict[str, Target] = {}
@@ -244,11 +242,12 @@ def get_target(name: str | Target, *, arch: str | None = None) -> Target:
 
 
 # --- TOML ------------------------------------------------------------------------------------
-_FIELDS = {"family", "description", "tvm_target", "tvm_host", "host_triple", "cross_compiler",
-           "backends", "docker_base", "measurement", "based_on"}
-_EXAMPLE = ('write one table per target, e.g. [targets.my-pi] with based_on = "rpi4" and description = "lab Pi" '
-            '(keys: based_on, family, description, tvm_target, tvm_host, host_triple, cross_compiler, backends, '
-            'docker_base, measurement)')
+_FIELDS = {"family", "description", "tvm_target", "tvm_host", "host_triple", "cross_compiler", "backends", "docker_base", "measurement", "based_on"}
+_EXAMPLE = (
+    'write one table per target, e.g. [targets.my-pi] with based_on = "rpi4" and description = "lab Pi" '
+    "(keys: based_on, family, description, tvm_target, tvm_host, host_triple, cross_compiler, backends, "
+    "docker_base, measurement)"
+)
 
 
 def load_targets_toml(path: Path | str, *, register: bool = True) -> list[Target]:
@@ -287,14 +286,12 @@ def load_targets_toml(path: Path | str, *, register: bool = True) -> list[Target
                 if base is None and base_name.startswith("cuda"):
                     base = get_target(base_name)
                 if base is None:
-                    raise MetaedgeError(f"{where}: based_on {base_name!r} is not a known target",
-                                        f"use one of: {', '.join(builtins)}")
+                    raise MetaedgeError(f"{where}: based_on {base_name!r} is not a known target", f"use one of: {', '.join(builtins)}")
                 target = replace(base, name=name, **kwargs)
             else:
                 missing = [k for k in ("family", "description", "tvm_target") if k not in kwargs]
                 if missing:
-                    raise MetaedgeError(f"{where} is missing {missing}",
-                                        'add them, or start from a built-in with based_on = "x86" / "rpi4" / ...')
+                    raise MetaedgeError(f"{where} is missing {missing}", 'add them, or start from a built-in with based_on = "x86" / "rpi4" / ...')
                 target = Target(name=name, **kwargs)
         except MetaedgeError as exc:
             if str(path) in exc.problem:

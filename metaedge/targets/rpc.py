@@ -9,6 +9,7 @@ load, time a library) is measurement, in :mod:`metaedge.deploy.measure.rpc`.
 The local launchers start ``tools/rpc_server.py`` as a tracker and servers on 127.0.0.1 (tests,
 benches, trying the RPC path on one machine).
 """
+
 from __future__ import annotations
 
 import threading
@@ -52,8 +53,7 @@ def parse_device(text: str | DeviceSpec) -> DeviceSpec:
     addr, slash, key = str(text).strip().partition("/")
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit() or (slash and not key):
-        raise MetaedgeError(f"bad device {text!r}",
-                            "write tracker-host:port/key (e.g. 127.0.0.1:9190/rpi4) or host:port for a direct server")
+        raise MetaedgeError(f"bad device {text!r}", "write tracker-host:port/key (e.g. 127.0.0.1:9190/rpi4) or host:port for a direct server")
     return DeviceSpec(host, int(port), key if slash else None)
 
 
@@ -74,15 +74,18 @@ def call_with_deadline(fn: Callable[[], Any], timeout_s: float, what: str, devic
     t.start()
     t.join(timeout_s)
     if t.is_alive():
-        raise MetaedgeError(f"device {device} did not answer within {timeout_s:.0f} s while {what}",
-                            "check the device and its rpc_server (tools/rpc_server.py), or raise the timeout")
+        raise MetaedgeError(
+            f"device {device} did not answer within {timeout_s:.0f} s while {what}",
+            "check the device and its rpc_server (tools/rpc_server.py), or raise the timeout",
+        )
     if "error" in box:
         exc = box["error"]
         if isinstance(exc, MetaedgeError):
             raise exc
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        raise MetaedgeError(f"device {device} failed while {what}: {first}",
-                            "check that the device is up and registered (python -m tvm.exec.query_rpc_tracker)") from exc
+        raise MetaedgeError(
+            f"device {device} failed while {what}: {first}", "check that the device is up and registered (python -m tvm.exec.query_rpc_tracker)"
+        ) from exc
     return box.get("value")
 
 
@@ -121,8 +124,9 @@ def free_servers(device: str | DeviceSpec, timeout_s: float = 10.0) -> int:
 def _rpc_server_script() -> Path:
     script = Path(__file__).resolve().parents[2] / "tools" / "rpc_server.py"
     if not script.is_file():
-        raise MetaedgeError(f"{script} not found (the launchers need a metaedge source checkout)",
-                            "run from a git checkout, or start tools/rpc_server.py yourself")
+        raise MetaedgeError(
+            f"{script} not found (the launchers need a metaedge source checkout)", "run from a git checkout, or start tools/rpc_server.py yourself"
+        )
     return script
 
 
@@ -134,8 +138,14 @@ def _spawn_ready(cmd: list[str], marker: str, timeout_s: float, env: dict[str, s
 
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen(cmd if cmd[0] != "python" else [sys.executable, *cmd[1:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=full_env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd if cmd[0] != "python" else [sys.executable, *cmd[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    )
     lines: list[str] = []
     box: dict[str, str] = {}
 
@@ -151,8 +161,9 @@ def _spawn_ready(cmd: list[str], marker: str, timeout_s: float, env: dict[str, s
     while "ready" not in box:
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            raise MetaedgeError(f"{' '.join(cmd[:3])} did not start: {''.join(lines[-5:]).strip()[:300]}",
-                                "check that tvm (and tornado for the tracker) are installed")
+            raise MetaedgeError(
+                f"{' '.join(cmd[:3])} did not start: {''.join(lines[-5:]).strip()[:300]}", "check that tvm (and tornado for the tracker) are installed"
+            )
         time.sleep(0.1)
     proc.log_lines = lines  # type: ignore[attr-defined]
     return proc, box["ready"]
@@ -160,13 +171,11 @@ def _spawn_ready(cmd: list[str], marker: str, timeout_s: float, env: dict[str, s
 
 def start_local_tracker(port: int = 9190, timeout_s: float = 120.0):
     """Start a TVM RPC tracker on 127.0.0.1 (first free port from ``port``); returns (Popen, port)."""
-    proc, line = _spawn_ready(["python", str(_rpc_server_script()), "--tracker-only", "--port", str(port), "-q"],
-                              "metaedge-rpc-tracker ready", timeout_s)
+    proc, line = _spawn_ready(["python", str(_rpc_server_script()), "--tracker-only", "--port", str(port), "-q"], "metaedge-rpc-tracker ready", timeout_s)
     return proc, int(line.rsplit(":", 1)[1])
 
 
-def start_local_server(tracker_port: int | None, key: str = "local", port: int = 9090, timeout_s: float = 120.0,
-                       env: dict[str, str] | None = None):
+def start_local_server(tracker_port: int | None, key: str = "local", port: int = 9090, timeout_s: float = 120.0, env: dict[str, str] | None = None):
     """Start tools/rpc_server.py for this machine on 127.0.0.1, registered with a local tracker
     (or standalone when ``tracker_port`` is None); returns (Popen, bound port)."""
     cmd = ["python", str(_rpc_server_script()), "--port", str(port), "-q"]
@@ -186,6 +195,5 @@ def wait_for_servers(device: str | DeviceSpec, count: int, timeout_s: float = 60
         except MetaedgeError:
             pass
         if time.time() > deadline:
-            raise MetaedgeError(f"fewer than {count} servers registered under {device} after {timeout_s:.0f} s",
-                                "check the rpc_server logs")
+            raise MetaedgeError(f"fewer than {count} servers registered under {device} after {timeout_s:.0f} s", "check the rpc_server logs")
         time.sleep(0.5)

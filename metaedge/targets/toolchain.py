@@ -7,6 +7,7 @@ links with lld). :func:`cross_linker` returns a callable in TVM's ``fcompile`` f
 :class:`ToolchainMissing` naming what to install -- which the compile stage reports as a
 ``skipped`` row, not as a failure.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,12 +40,26 @@ class CrossLinker:
 
 def _zig_fcompile(zig_triple: str) -> Callable:
     def fcompile(output: str, objects: Sequence[str], options: Sequence[str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "ziglang", "cc", "-target", zig_triple, "-shared", "-fPIC", "-o", output,
-               *objects, *[o for o in (options or []) if o not in ("-shared", "-fPIC")]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            zig_triple,
+            "-shared",
+            "-fPIC",
+            "-o",
+            output,
+            *objects,
+            *[o for o in (options or []) if o not in ("-shared", "-fPIC")],
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise MetaedgeError(f"zig cc failed linking {output}: {(r.stderr or r.stdout).strip().splitlines()[-1][:300]}",
-                                "install the distro cross compiler instead (sudo bash tools/setup_cross.sh)")
+            raise MetaedgeError(
+                f"zig cc failed linking {output}: {(r.stderr or r.stdout).strip().splitlines()[-1][:300]}",
+                "install the distro cross compiler instead (sudo bash tools/setup_cross.sh)",
+            )
 
     fcompile.output_format = "so"  # type: ignore[attr-defined]
     return fcompile

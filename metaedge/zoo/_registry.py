@@ -1,4 +1,5 @@
 """The model registry (timm style): ``@register_model`` on a factory, ``create_model(name, **kw)``."""
+
 from __future__ import annotations
 
 import difflib

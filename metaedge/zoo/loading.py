@@ -3,6 +3,7 @@
 Weights are always read with ``torch.load(weights_only=True)``: a pickle that would run code while
 loading is refused, never executed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -73,7 +74,9 @@ def load_exported_program(path: Path | str) -> nn.Module:
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a bad archive
-        raise MetaedgeError(f"{path} is not a torch.export archive ({type(exc).__name__})", "write it with torch.export.save(torch.export.export(model, (x,)), path)") from exc
+        raise MetaedgeError(
+            f"{path} is not a torch.export archive ({type(exc).__name__})", "write it with torch.export.save(torch.export.export(model, (x,)), path)"
+        ) from exc
     return ep.module()
 
 
@@ -103,7 +106,9 @@ def build_model(spec: str, weights: Path | str | None = None, **kwargs: Any) -> 
             try:
                 model = factory()  # user factories need not take our kwargs
             except TypeError as exc:
-                raise MetaedgeError(f"cannot call {spec} ({exc})", "make the factory callable with no arguments or with num_classes/in_chans/input_size") from exc
+                raise MetaedgeError(
+                    f"cannot call {spec} ({exc})", "make the factory callable with no arguments or with num_classes/in_chans/input_size"
+                ) from exc
     else:
         model = create_model(spec, **kwargs)
     if not isinstance(model, nn.Module):
@@ -114,5 +119,7 @@ def build_model(spec: str, weights: Path | str | None = None, **kwargs: Any) -> 
             model.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise MetaedgeError(f"weights {weights} do not match model {spec!r} ({first})", "pass the weights saved from this architecture and class count") from exc
+            raise MetaedgeError(
+                f"weights {weights} do not match model {spec!r} ({first})", "pass the weights saved from this architecture and class count"
+            ) from exc
     return model

@@ -3,6 +3,7 @@
 Inputs of 64 px or less use CIFAR-style strides (stem and the 24-channel stage at stride 1), as
 small inputs would otherwise be reduced to 1x1 before the last stages.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 Shortcuts that change shape use a 1x1 conv + BN (option B), which keeps every model a plain
 conv/BN/add graph that ONNX runtimes and the channel-group analysis handle without special cases.
 """
+
 from __future__ import annotations
 
 import torch

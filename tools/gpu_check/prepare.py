@@ -10,6 +10,7 @@ PyTorch weights, fixed inputs with ONNX Runtime CPU reference outputs, a runtime
 Python. TVM 0.27 stores CUDA *source* in the library and compiles it at load time through the
 ``tvm_callback_cuda_compile`` hook, which ``run_on_gpu.py`` serves with the machine's nvcc.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,9 +75,28 @@ def main() -> None:
     with tarfile.open(dest / "tvm-runtime.tar.gz", "w:gz") as tar:
         tar.add(Path(tmp.name) / "tvm", arcname="tvm")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", args.python_version,
-         "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
-         "--platform", "manylinux_2_17_x86_64", "-d", str(dest / "wheels"), "apache-tvm-ffi==0.1.14.post1"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            args.python_version,
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_24_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "-d",
+            str(dest / "wheels"),
+            "apache-tvm-ffi==0.1.14.post1",
+        ],
         check=True,
     )
     (dest / "check.json").write_text(json.dumps(manifest, indent=2))

@@ -8,6 +8,7 @@ nvcc), run it on the GPU, compare with ONNX Runtime CPU outputs computed when it
 time it (TVM ``time_evaluator``) against PyTorch CUDA eager on the same input and weights. Prints a
 table and writes gpu_check.json into $OUT (or the current directory).
 """
+
 from __future__ import annotations
 
 import json
@@ -103,11 +104,11 @@ def main() -> None:
         with torch.inference_mode():
             y_torch = model(xc).float().cpu().numpy()
             row["parity_torch_cuda_vs_ort_cpu"] = float(np.abs(y_torch - ref).max())
-            row["torch_cuda_eager"] = _time_torch(lambda: model(xc))
+            row["torch_cuda_eager"] = _time_torch(lambda model=model, xc=xc: model(xc))
             torch.backends.cudnn.benchmark = True
             mcl = model.to(memory_format=torch.channels_last)
             xcl = xc.contiguous(memory_format=torch.channels_last)
-            row["torch_cuda_eager_channels_last"] = _time_torch(lambda: mcl(xcl))
+            row["torch_cuda_eager_channels_last"] = _time_torch(lambda mcl=mcl, xcl=xcl: mcl(xcl))
         results["cases"][case] = row
     out_dir = Path(os.environ.get("OUT", "."))
     (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=2))
@@ -117,7 +118,9 @@ def main() -> None:
         tv = row.get("tvm_cuda", {}).get("p50_ms")
         ea = row["torch_cuda_eager"]["p50_ms"]
         err = row.get("parity_vs_ort_cpu", {}).get("max_abs_err")
-        print(f"{case:<20}{(f'{tv:.3f}' if tv else 'ERR'):>12}{ea:>14.3f}{row['torch_cuda_eager_channels_last']['p50_ms']:>12.3f}{(f'{ea / tv:.2f}x' if tv else '-'):>11}{(f'{err:.2e}' if err is not None else '-'):>14}")
+        print(
+            f"{case:<20}{(f'{tv:.3f}' if tv else 'ERR'):>12}{ea:>14.3f}{row['torch_cuda_eager_channels_last']['p50_ms']:>12.3f}{(f'{ea / tv:.2f}x' if tv else '-'):>11}{(f'{err:.2e}' if err is not None else '-'):>14}"
+        )
         if "tvm_error" in row:
             print("   ", row["tvm_error"])
 

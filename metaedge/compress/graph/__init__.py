@@ -3,6 +3,7 @@
 User code declares its own channel-preserving ``torch.fx.wrap``-ped functions or opaque modules
 (stochastic depth, custom dropout) with :func:`register_passthrough`.
 """
+
 from metaedge.compress.graph.channel_groups import (
     ChannelGroup,
     GraphAnalysis,

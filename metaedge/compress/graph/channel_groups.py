@@ -28,6 +28,7 @@ shuffle, indexing, unknown functions/methods/modules -- even those that keep the
 may mix channels) fixes the groups involved at full width. They are reported in ONE warning.
 The input channels and the model's output channels are fixed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -118,11 +119,24 @@ class GraphAnalysis:
 # Identity-based on purpose: a name match ("drop_path", "Dropout") could hit a function that mixes
 # channels, and a wrong pass-through crashes the PruningNet or silently corrupts the pruned model.
 _PASSTHROUGH_FUNCS: set[Callable[..., Any]] = {
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout,
-    torch.dropout, torch.feature_dropout, torch.alpha_dropout, torch.feature_alpha_dropout,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.feature_alpha_dropout,
+    torch.dropout,
+    torch.feature_dropout,
+    torch.alpha_dropout,
+    torch.feature_alpha_dropout,
 }
 _PASSTHROUGH_MODULES: list[type[nn.Module]] = [
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
 ]
 
 _T = TypeVar("_T")
@@ -173,18 +187,50 @@ def _is_passthrough_module(mod: nn.Module) -> bool:
 
 
 _PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.PReLU, nn.Mish, nn.Identity, nn.AvgPool2d, nn.MaxPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.SiLU,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.PReLU,
+    nn.Mish,
+    nn.Identity,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
 )
 _PASS_FUNCS = {
-    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu, F.mish,
-    F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.tanh,
+    F.leaky_relu,
+    F.elu,
+    F.mish,
+    F.avg_pool2d,
+    F.max_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.interpolate,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.clip,
 }
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "clamp", "clamp_", "clip", "float", "detach"}
-_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-           torch.add, torch.sub, torch.mul, torch.div}
+_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "mul", "mul_", "div"}
 _REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
@@ -539,7 +585,7 @@ class _Analyzer:
             end = start + s[1]
             if start not in bounds or end not in bounds:
                 return None  # a group is cut in two
-            out.append(lin.groups[bounds[start]:bounds[end]])
+            out.append(lin.groups[bounds[start] : bounds[end]])
             start = end
         sizes = [[self.size[g] for g in grp] for grp in out]
         return out if all(s == sizes[0] for s in sizes) else None
@@ -660,7 +706,8 @@ class _Analyzer:
         fixed = sorted({g.name for g in roots.values() if not g.prunable and g.reason not in ("model input", "model output")})
         msg = (
             "channel pruning left these channel groups at full width because of patterns it cannot prune safely: "
-            + "; ".join(dict.fromkeys(self.problems)) + f" -> fixed groups: {', '.join(fixed) or 'none'}"
+            + "; ".join(dict.fromkeys(self.problems))
+            + f" -> fixed groups: {', '.join(fixed) or 'none'}"
         )
         if self.hints:
             msg += (

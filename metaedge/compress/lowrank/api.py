@@ -1,4 +1,5 @@
 """The low-rank stage: ranks under the MACs budget -> Tucker-2 / SVD factorization -> fine-tune."""
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,14 @@ def pruning_budget(model: nn.Module, input_shape: Sequence[int], budget: float, 
     return prune
 
 
-def lowrank_model(model: nn.Module, data: DataSplits, cfg: LowRankConfig = LowRankConfig(), workdir: Path | str = Path("metaedge-out/lowrank"),
-                  teacher: nn.Module | None = None, quiet: bool = False) -> LowRankResult:
+def lowrank_model(
+    model: nn.Module,
+    data: DataSplits,
+    cfg: LowRankConfig = LowRankConfig(),
+    workdir: Path | str = Path("metaedge-out/lowrank"),
+    teacher: nn.Module | None = None,
+    quiet: bool = False,
+) -> LowRankResult:
     """Factorize ``model`` (taken as trained) to ``cfg.budget`` MACs and fine-tune it, distilled from
     ``teacher`` (default: the given model)."""
     workdir = Path(workdir)
@@ -104,9 +111,11 @@ def lowrank_model(model: nn.Module, data: DataSplits, cfg: LowRankConfig = LowRa
     plan = plan_ranks(cands, base.macs, budget)
     if plan.macs > budget:
         share = sum(c.macs(None) for c in cands) / max(base.macs, 1)
-        raise MetaedgeError(f"Tucker cannot bring the model to {format_count(budget)} MACs: the layers it can factorize (kxk convs, linears) hold "
-                            f"{share:.1%} of its {format_count(base.macs)} MACs, and at their smallest ranks it still has {format_count(plan.macs)}",
-                            "raise --prune-macs (Tucker cannot shrink 1x1 or depthwise convs, nor layers already at the rank multiple), or add a pruner")
+        raise MetaedgeError(
+            f"Tucker cannot bring the model to {format_count(budget)} MACs: the layers it can factorize (kxk convs, linears) hold "
+            f"{share:.1%} of its {format_count(base.macs)} MACs, and at their smallest ranks it still has {format_count(plan.macs)}",
+            "raise --prune-macs (Tucker cannot shrink 1x1 or depthwise convs, nor layers already at the rank multiple), or add a pruner",
+        )
     small, errors = factorize(model, plan, cfg.tucker_iters)
     seconds = {"factorize": round(time.perf_counter() - t, 2)}
     t = time.perf_counter()

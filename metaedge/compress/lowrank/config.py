@@ -1,4 +1,5 @@
 """Settings of Tucker low-rank compression."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,6 +9,7 @@ A conv kernel W [C_out, C_in, kh, kw] ~ core [r_out, r_in, kh, kw] x_0 U_out [C_
 which computes the original conv exactly at full ranks: the first 1x1 is a per-pixel linear map, so it
 commutes with every padding mode. A linear layer W [out, in] ~ (U S) V^T runs as Linear(in -> r) -> Linear(r -> out).
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -20,7 +21,9 @@ import torch.nn as nn
 __all__ = ["svd_linear", "tucker2_conv", "tucker_factors"]
 
 
-def tucker_factors(weight: torch.Tensor, rank_out: int, rank_in: int, n_iter_max: int = 100, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tucker_factors(
+    weight: torch.Tensor, rank_out: int, rank_in: int, n_iter_max: int = 100, tol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(core [r_out, r_in, kh, kw], U_out [C_out, r_out], U_in [C_in, r_in]) of a conv kernel, in float64."""
     import tensorly as tl
     from tensorly.decomposition import partial_tucker

@@ -9,6 +9,7 @@ monotone in e), then single rank steps are added, the most energy per MAC first,
 allows. MACs follow the cost model: the first 1x1 runs at the input resolution, the rest at the
 output's.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Everything is written under ``workdir`` (PruningNet checkpoint, search log + state, fine-tune
 checkpoint, plot, summary) and a re-run resumes from whatever a killed run left there.
 """
+
 from __future__ import annotations
 
 import copy
@@ -95,8 +96,11 @@ PRESETS: dict[str, PruneConfig] = {
     # bench/pruning.py on Fashion-MNIST (CPU-sized: one PruningNet per network serves every budget).
     "bench": PruneConfig(pruningnet_epochs=6, hidden=64, random_widths=2, population=20, generations=6, parents=6, recalib_batches=16, finetune_epochs=6),
     # The paper's search: population 50, 20 generations, top-10 parents, 31 width choices, 100 recalibration batches.
-    "full": PruneConfig(pruningnet_epochs=32, hidden=64, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05),
+    "full": PruneConfig(
+        pruningnet_epochs=32, hidden=64, population=50, generations=20, parents=10, recalib_batches=100, finetune_epochs=60, pruningnet_lr=0.05
+    ),
 }
+
 
 @dataclass
 class PruneResult:
@@ -154,14 +158,27 @@ def prune_model(
     t = time.perf_counter()
     pn = PruningNet(model, analysis, hidden=cfg.hidden, init_from_model=cfg.init_from_model).to(device)
     teacher = copy.deepcopy(model).to(device).eval() if cfg.distill > 0 else None
-    pn_cfg = PNTrainConfig(TrainConfig(epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, weight_decay=0.0, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed))
+    pn_cfg = PNTrainConfig(
+        TrainConfig(
+            epochs=cfg.pruningnet_epochs, batch_size=cfg.batch_size, lr=cfg.pruningnet_lr, weight_decay=0.0, distill_alpha=cfg.distill, seed=cfg.pruningnet_seed
+        )
+    )
     band = Band(*cfg.band) if cfg.band is not None else Band.around([budget])
     sampler = WidthSampler(space, cost_fn, band, cfg.random_widths, cfg.sandwich, largest=cfg.sandwich_largest)
     pn_ckpt = Path(pruningnet_checkpoint) if pruningnet_checkpoint is not None else workdir / "pruningnet.pt"
     search_log = workdir / "search.jsonl"
-    sig = {"groups": _signature(analysis), "choices": list(space.choices), "multiple": cfg.channel_multiple, "hidden": cfg.hidden,
-           "init_from_model": cfg.init_from_model, "sandwich": cfg.sandwich, "random_widths": cfg.random_widths, "largest": cfg.sandwich_largest,
-           "band": [band.lo, band.hi], "budget_kind": cfg.budget_kind}
+    sig = {
+        "groups": _signature(analysis),
+        "choices": list(space.choices),
+        "multiple": cfg.channel_multiple,
+        "hidden": cfg.hidden,
+        "init_from_model": cfg.init_from_model,
+        "sandwich": cfg.sandwich,
+        "random_widths": cfg.random_widths,
+        "largest": cfg.sandwich_largest,
+        "band": [band.lo, band.hi],
+        "budget_kind": cfg.budget_kind,
+    }
     finished = False
     if pn_ckpt.exists():
         finished = int(load_checkpoint(pn_ckpt).get("epoch", 0)) >= cfg.pruningnet_epochs
@@ -177,15 +194,35 @@ def prune_model(
     check = None
     if cfg.rank_check > 0 and info.is_main:
         t = time.perf_counter()
-        check = rank_check(pn, model, analysis, space, cost_fn, budget, data, recalib, replace(ft, epochs=cfg.rank_check_epochs),
-                           n=cfg.rank_check, start=start_kind, teacher=teacher, floor=cfg.search_floor, seed=cfg.seed).summary()
+        check = rank_check(
+            pn,
+            model,
+            analysis,
+            space,
+            cost_fn,
+            budget,
+            data,
+            recalib,
+            replace(ft, epochs=cfg.rank_check_epochs),
+            n=cfg.rank_check,
+            start=start_kind,
+            teacher=teacher,
+            floor=cfg.search_floor,
+            seed=cfg.seed,
+        ).summary()
         seconds["rank_check"] = round(time.perf_counter() - t, 2)
 
     # 2. search
     t = time.perf_counter()
     describe = lambda w: {"macs": pricer.macs(w), "params": pricer.params(w)}  # noqa: E731
-    scfg = SearchConfig(population=cfg.population, generations=cfg.generations, parents=cfg.parents, mutation_prob=cfg.mutation_prob,
-                        floor=cfg.search_floor, seed=cfg.seed if cfg.search_seed is None else cfg.search_seed)
+    scfg = SearchConfig(
+        population=cfg.population,
+        generations=cfg.generations,
+        parents=cfg.parents,
+        mutation_prob=cfg.mutation_prob,
+        floor=cfg.search_floor,
+        seed=cfg.seed if cfg.search_seed is None else cfg.search_seed,
+    )
 
     with progress(quiet or not info.is_main) as bar:
         task = bar.add_task("search", total=cfg.generations, info="")
@@ -197,8 +234,7 @@ def prune_model(
         def score(w: dict[str, int], pn: PruningNet = pn) -> dict:
             return score_candidate(pn, w, recalib, data.val, info)
 
-        res = evolutionary_search(space, cost_fn, budget, score,
-                                  search_log, scfg, describe=describe, write=info.is_main, on_generation=on_gen)
+        res = evolutionary_search(space, cost_fn, budget, score, search_log, scfg, describe=describe, write=info.is_main, on_generation=on_gen)
     seconds["search"] = round(time.perf_counter() - t, 2)
 
     # 3. materialise the winner, then fine-tune. "best": whichever start scores better on val after
@@ -220,8 +256,23 @@ def prune_model(
     if info.is_main:
         chosen = next(r for r in res.records if tuple(r["genes"]) == res.genes)
         plot = plot_search(res.records, chosen, workdir / "search.png", budget if cfg.budget_kind == "macs" else None)
-    result = PruneResult(small, res.widths, cost.macs, cost.params, pricer.base_macs, pricer.base_params, val_acc,
-                         search_log, plot, seconds, budget, res.accuracy, init, starts, check)
+    result = PruneResult(
+        small,
+        res.widths,
+        cost.macs,
+        cost.params,
+        pricer.base_macs,
+        pricer.base_params,
+        val_acc,
+        search_log,
+        plot,
+        seconds,
+        budget,
+        res.accuracy,
+        init,
+        starts,
+        check,
+    )
     if info.is_main:
         atomic_write_json(workdir / "prune_result.json", result.summary())
     return result

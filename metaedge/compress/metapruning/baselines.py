@@ -5,6 +5,7 @@ allows (to the search's floor, as the benchmark does), the first k channels kept
 widths, the channels of largest producer-filter L1 norm kept (Li et al. 2017). Both end with the
 fine-tune every method gets.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,15 @@ __all__ = ["BASELINES", "prune_baseline"]
 BASELINES = ("uniform", "l1")
 
 
-def prune_baseline(model: nn.Module, data: DataSplits, method: str, cfg: PruneConfig = PRESETS["demo"], workdir: Path | str = Path("metaedge-out/prune-baseline"),
-                   budget_fn: BudgetFn | None = None, quiet: bool = False) -> PrunedResult:
+def prune_baseline(
+    model: nn.Module,
+    data: DataSplits,
+    method: str,
+    cfg: PruneConfig = PRESETS["demo"],
+    workdir: Path | str = Path("metaedge-out/prune-baseline"),
+    budget_fn: BudgetFn | None = None,
+    quiet: bool = False,
+) -> PrunedResult:
     """Prune ``model`` to ``cfg.budget`` with the ``uniform`` or ``l1`` baseline; returns the fine-tuned small model."""
     if method not in BASELINES:
         raise MetaedgeError(f"unknown baseline pruner {method!r}", f"use one of {', '.join(BASELINES)}")

@@ -6,6 +6,7 @@ table through ``budget_fn``), so "within budget" means the same for every method
 fills its budget greedily in the same width steps (:class:`WidthSpace` options: ratios rounded
 to the channel multiple).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -57,8 +58,9 @@ class PruneSetup:
     input_shape: tuple[int, ...]
 
 
-def setup_pruning(model: nn.Module, example: torch.Tensor, kind: str, budget: float | None, choices: Sequence[float], multiple: int,
-                  budget_fn: BudgetFn | None = None) -> PruneSetup:
+def setup_pruning(
+    model: nn.Module, example: torch.Tensor, kind: str, budget: float | None, choices: Sequence[float], multiple: int, budget_fn: BudgetFn | None = None
+) -> PruneSetup:
     """Analyse ``model`` (deep-copied, fp32, CPU, eval) for width pruning to ``budget`` (None: half its cost)."""
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model stays as it was
     input_shape = (1, *example.shape[1:])

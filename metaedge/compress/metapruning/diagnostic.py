@@ -5,6 +5,7 @@ recalibrated, validation top-1) against the validation top-1 after a short train
 structure with the final protocol's start. Spearman's rho near 1 means the search's fitness
 orders candidates as training would; near 0, the search is picking at random.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,8 +45,14 @@ class RankCheck:
     seconds: float
 
     def summary(self) -> dict:
-        return {"spearman": self.spearman, "n": len(self.points), "start": self.start, "epochs": self.epochs,
-                "seconds": round(self.seconds, 1), "points": self.points}
+        return {
+            "spearman": self.spearman,
+            "n": len(self.points),
+            "start": self.start,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 1),
+            "points": self.points,
+        }
 
 
 def rank_check(
@@ -81,8 +88,7 @@ def rank_check(
         score = score_candidate(pn, widths, recalib, data.val)
         small = start_model(start, model, analysis, widths, recalib, pn=pn, seed=train.seed)
         fit(small, train_loader, val_loader, train, teacher=teacher, quiet=True)
-        points.append({"widths": widths, "cost": cost_fn(widths), "pruningnet": score["accuracy"],
-                       "trained": evaluate(small.eval(), val_loader)})
+        points.append({"widths": widths, "cost": cost_fn(widths), "pruningnet": score["accuracy"], "trained": evaluate(small.eval(), val_loader)})
     pn.set_widths({})
     rho = spearman([p["pruningnet"] for p in points], [p["trained"] for p in points])
     return RankCheck(rho, points, start, train.epochs, time.perf_counter() - t0)

@@ -1,4 +1,5 @@
 """What a width pruner ends with (VIB, uniform, L1): materialise, re-estimate BN, fine-tune, price."""
+
 from __future__ import annotations
 
 import time
@@ -45,20 +46,47 @@ class PrunedResult:
         return d
 
 
-def finish_pruning(setup: PruneSetup, source: nn.Module, widths: Mapping[str, int], keep: Mapping[str, torch.Tensor] | None, data: DataSplits,
-                   ft: TrainConfig, recalib: int, workdir: Path, method: str, teacher: nn.Module | None, quiet: bool = False,
-                   seconds: dict[str, float] | None = None, details: dict[str, Any] | None = None) -> PrunedResult:
+def finish_pruning(
+    setup: PruneSetup,
+    source: nn.Module,
+    widths: Mapping[str, int],
+    keep: Mapping[str, torch.Tensor] | None,
+    data: DataSplits,
+    ft: TrainConfig,
+    recalib: int,
+    workdir: Path,
+    method: str,
+    teacher: nn.Module | None,
+    quiet: bool = False,
+    seconds: dict[str, float] | None = None,
+    details: dict[str, Any] | None = None,
+) -> PrunedResult:
     """Materialise ``widths`` of ``source`` (the kept channels ``keep``; None: the first k), re-estimate
     BN on the same training batches as every start, fine-tune, and price the result."""
     if setup.cost(dict(widths)) > setup.budget:
         fmt = (lambda v: f"{v:.3f} ms") if setup.kind == "latency" else format_count  # noqa: E731
-        raise MetaedgeError(f"the {setup.kind} budget {fmt(setup.budget)} is below the narrowest network the width space allows "
-                            f"({fmt(setup.cost(dict(widths)))})", "raise the budget, or lower the channel multiple")
+        raise MetaedgeError(
+            f"the {setup.kind} budget {fmt(setup.budget)} is below the narrowest network the width space allows ({fmt(setup.cost(dict(widths)))})",
+            "raise the budget, or lower the channel multiple",
+        )
     t = time.perf_counter()
     batches = recalib_batches(data.train, ft.batch_size, recalib, ft.seed)
     small = start_model("inherited", source, setup.analysis, dict(widths), batches, keep=keep, seed=ft.seed)
     acc = finetune(small, data, ft, workdir, [method, dict(widths), ft.seed], teacher=teacher, quiet=quiet)
     seconds = {**(seconds or {}), "finetune": round(time.perf_counter() - t, 2)}
     c = count_cost(small, setup.input_shape)
-    return PrunedResult(small, method, dict(widths), c.macs, c.params, setup.pricer.base_macs, setup.pricer.base_params, setup.budget,
-                        setup.kind, setup.cost(dict(widths)), acc, seconds, details or {})
+    return PrunedResult(
+        small,
+        method,
+        dict(widths),
+        c.macs,
+        c.params,
+        setup.pricer.base_macs,
+        setup.pricer.base_params,
+        setup.budget,
+        setup.kind,
+        setup.cost(dict(widths)),
+        acc,
+        seconds,
+        details or {},
+    )

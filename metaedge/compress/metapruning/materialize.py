@@ -5,6 +5,7 @@ channels (MetaPruning keeps the first k, as its generator crops ``w[:out, :in]``
 passes the channels of largest filter norm). Tensors really shrink -- no masks -- so the result
 exports to ONNX as an ordinary smaller model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -99,8 +100,17 @@ def materialize(model: nn.Module, analysis: GraphAnalysis, keep: Mapping[str, Se
             else:
                 groups = old.groups
                 weight = _grouped_weight(w, out_idx, in_idx, groups, old.in_channels)
-            new = nn.Conv2d(len(in_idx), len(out_idx), old.kernel_size, old.stride, old.padding, old.dilation,
-                            groups, bias=old.bias is not None, padding_mode=old.padding_mode)
+            new = nn.Conv2d(
+                len(in_idx),
+                len(out_idx),
+                old.kernel_size,
+                old.stride,
+                old.padding,
+                old.dilation,
+                groups,
+                bias=old.bias is not None,
+                padding_mode=old.padding_mode,
+            )
             new.weight.copy_(weight)
         if old.bias is not None:
             new.bias.copy_(old.bias[out_idx])
@@ -126,7 +136,7 @@ def l1_keep(model: nn.Module, analysis: GraphAnalysis, widths: Mapping[str, int]
             keep[g] = score.topk(w).indices.sort().values
         else:
             block, per = grp.size // grp.chunks, w // grp.chunks
-            keep[g] = torch.cat([score[j * block:(j + 1) * block].topk(per).indices + j * block for j in range(grp.chunks)]).sort().values
+            keep[g] = torch.cat([score[j * block : (j + 1) * block].topk(per).indices + j * block for j in range(grp.chunks)]).sort().values
     return keep
 
 

@@ -1,4 +1,5 @@
 """Accuracy vs MACs of every evaluated candidate, the Pareto front and the chosen point (PNG)."""
+
 from __future__ import annotations
 
 from pathlib import Path

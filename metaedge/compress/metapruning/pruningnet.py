@@ -19,6 +19,7 @@ When the user's model is trained (the pipeline's case) each generator's output b
 trained weights flattened and its last layer to zero, so the PruningNet starts out *as* the
 trained model at every width; with distillation from that model a short CPU training suffices.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,7 +69,9 @@ class _Ctx:
 class GenLayer(nn.Module):
     """A conv or linear whose weight is generated from the width ratios of its channel groups."""
 
-    def __init__(self, orig: nn.Conv2d | nn.Linear, in_layout: Layout, out_layout: Layout, depthwise: bool, ctx: _Ctx, hidden: int, init_from_model: bool) -> None:
+    def __init__(
+        self, orig: nn.Conv2d | nn.Linear, in_layout: Layout, out_layout: Layout, depthwise: bool, ctx: _Ctx, hidden: int, init_from_model: bool
+    ) -> None:
         super().__init__()
         self.ctx = [ctx]  # in a list: not a submodule
         self.in_layout, self.out_layout, self.depthwise = in_layout, out_layout, depthwise

@@ -17,6 +17,7 @@ networks that are never asked about. Each step therefore trains
 
 A band of ``None`` falls back to the whole space (the paper's sampler, no sandwich teacher).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,9 +54,17 @@ class WidthSampler:
     """``sampler(rng)`` -> the width vectors of one training step; the first is the teacher when
     ``sandwich`` (its logits distil into the others)."""
 
-    def __init__(self, space: WidthSpace, cost_fn: CostFn | None = None, band: Band | None = None,
-                 random_widths: int = 2, sandwich: bool = True, slack: float = 0.05, tries: int = 8,
-                 largest: str = "full") -> None:
+    def __init__(
+        self,
+        space: WidthSpace,
+        cost_fn: CostFn | None = None,
+        band: Band | None = None,
+        random_widths: int = 2,
+        sandwich: bool = True,
+        slack: float = 0.05,
+        tries: int = 8,
+        largest: str = "full",
+    ) -> None:
         if band is not None and cost_fn is None:
             raise ValueError("a budget band needs the cost function that prices it")
         if largest not in ("band", "full"):
@@ -65,8 +74,10 @@ class WidthSampler:
         self.largest = self._uniform_at(band.hi, below=True) if band is not None and largest == "band" else space.widths(space.full())
         self.smallest = self._uniform_at(band.lo, below=False) if band is not None else space.widths(space.smallest())
         if band is not None and cost_fn is not None and cost_fn(space.widths(space.smallest())) > band.hi:
-            raise MetaedgeError(f"the narrowest network costs more than the band's top {band.hi:.4g}",
-                                "raise the budget, or lower the smallest width choice / the channel multiple")
+            raise MetaedgeError(
+                f"the narrowest network costs more than the band's top {band.hi:.4g}",
+                "raise the budget, or lower the smallest width choice / the channel multiple",
+            )
 
     def _uniform_at(self, target: float, below: bool) -> dict[str, int]:
         """Uniform widths costing at most the band's top: the widest such (``below``), or the

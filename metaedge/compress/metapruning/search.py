@@ -8,6 +8,7 @@ narrowed / widened), because with small populations random widths rarely use the
 evaluated candidate is appended (and flushed) to a JSON-lines log; a restarted search re-reads it,
 replays the seeded RNG and re-evaluates nothing it already scored.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,15 @@ def evolutionary_search(
         t = time.perf_counter()
         out = evaluate(widths)
         extra = out if isinstance(out, dict) else {"accuracy": float(out)}
-        rec = {"generation": gen, "genes": list(genes), "widths": widths, "cost": cost_fn(widths), **extra,
-               **(describe(widths) if describe else {}), "seconds": round(time.perf_counter() - t, 3)}
+        rec = {
+            "generation": gen,
+            "genes": list(genes),
+            "widths": widths,
+            "cost": cost_fn(widths),
+            **extra,
+            **(describe(widths) if describe else {}),
+            "seconds": round(time.perf_counter() - t, 3),
+        }
         evaluated += 1
         cache[genes] = rec
         records.append(rec)
@@ -131,11 +139,12 @@ def evolutionary_search(
             parents = [tuple(r["genes"]) for r in top]
             before = len(records)
             if parents:
-                def mutate() -> tuple[int, ...]:
+                # parents bound as defaults: the closures run within this generation, and say so
+                def mutate(parents: list[tuple[int, ...]] = parents) -> tuple[int, ...]:
                     p = rng.choice(parents)
                     return tuple(rng.randrange(len(o)) if rng.random() < cfg.mutation_prob else g for g, o in zip(p, space.options, strict=True))
 
-                def cross() -> tuple[int, ...]:
+                def cross(parents: list[tuple[int, ...]] = parents) -> tuple[int, ...]:
                     a, b = rng.choice(parents), rng.choice(parents)
                     return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b, strict=True))
 
@@ -144,8 +153,10 @@ def evolutionary_search(
             draw(lambda: space.sample(rng), max(0, cfg.population - (len(records) - before)), gen)
             if write:
                 leaders = sorted(records, key=_rank)[: cfg.parents]
-                atomic_write_json(log_path.with_name(log_path.stem + "_state.json"),
-                                  {"generation": gen + 1, "config": asdict(cfg), "budget": budget, "evaluated": len(records), "top": leaders})
+                atomic_write_json(
+                    log_path.with_name(log_path.stem + "_state.json"),
+                    {"generation": gen + 1, "config": asdict(cfg), "budget": budget, "evaluated": len(records), "top": leaders},
+                )
             if on_generation is not None:
                 on_generation(gen, records)
     finally:

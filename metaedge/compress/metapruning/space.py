@@ -5,6 +5,7 @@ Runtime, a MobileNetV2 cut to 50% MACs with odd channel counts ran *slower* than
 model, rounded to multiples of 8 it ran 1.9x faster. Duplicate widths after rounding are
 dropped, so every gene value is a distinct architecture.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,9 @@ class WidthSpace:
         return {g: widths.get(g, grp.size) / grp.size for g, grp in self.analysis.groups.items()}
 
 
-def repair(genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[str, int]], float], lo: float, hi: float, rng: random.Random) -> tuple[int, ...] | None:
+def repair(
+    genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[str, int]], float], lo: float, hi: float, rng: random.Random
+) -> tuple[int, ...] | None:
     """Narrow random genes until the cost fits, then widen random genes while it stays under budget
     and below ``lo``: small random populations otherwise rarely come near the budget, and the
     best networks almost always use most of it."""
@@ -90,8 +93,14 @@ def repair(genes: tuple[int, ...], space: WidthSpace, cost_fn: Callable[[dict[st
     return fill_widths(space, g, cost_fn, hi, lambda open_, _g: rng.choice(open_), stop_at=lo)
 
 
-def fill_widths(space: WidthSpace, genes: Sequence[int], cost_fn: Callable[[dict[str, int]], float], budget: float,
-                pick: Callable[[list[int], list[int]], int], stop_at: float | None = None) -> tuple[int, ...]:
+def fill_widths(
+    space: WidthSpace,
+    genes: Sequence[int],
+    cost_fn: Callable[[dict[str, int]], float],
+    budget: float,
+    pick: Callable[[list[int], list[int]], int],
+    stop_at: float | None = None,
+) -> tuple[int, ...]:
     """Widen genes one step at a time, the one ``pick(open genes, genes)`` names each time, skipping steps
     that would exceed ``budget``, until no step fits or the cost reaches ``stop_at``. Cost only grows
     with width, so a step that does not fit never will. Every pruner fills its budget with it."""
@@ -141,8 +150,17 @@ class Pricer:
                 self._fixed_macs += spec.macs
                 continue
             per = spec.out_hw[0] * spec.out_hw[1] * spec.kernel[0] * spec.kernel[1] if spec.kind == "conv" else 1
-            self._mac_terms.append((per, layer.in_layout, spec.in_channels, layer.out_layout, spec.out_channels,
-                                    spec.kind == "conv" and layer.depthwise, spec.groups if spec.kind == "conv" else 1))
+            self._mac_terms.append(
+                (
+                    per,
+                    layer.in_layout,
+                    spec.in_channels,
+                    layer.out_layout,
+                    spec.out_channels,
+                    spec.kind == "conv" and layer.depthwise,
+                    spec.groups if spec.kind == "conv" else 1,
+                )
+            )
 
     def specs(self, widths: dict[str, int]) -> list[LayerSpec]:
         a = self.analysis

@@ -7,6 +7,7 @@
 Every start gets its BN statistics re-estimated on the same training batches, so their validation
 scores compare like with like.
 """
+
 from __future__ import annotations
 
 import copy

@@ -8,6 +8,7 @@ Checkpointed atomically after every epoch and resumable. Under torchrun the Prun
 in DistributedDataParallel with a DistributedSampler; the width vector of step ``s`` comes from
 ``Random(seed, s)``, identical on every rank and after a resume.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -121,8 +122,20 @@ def train_pruningnet(
     if teacher is not None:
         teacher.eval()
     hooks = _PruningNetHooks(pn, net, sampler or WidthSampler(space, random_widths=1, sandwich=False), cfg, teacher, info.enabled)
-    result = train_loop(pn, loader, [opt], train, hooks, signature={"inplace_distill": cfg.inplace_distill, "model": signature or {}}, checkpoint=checkpoint,
-                        what="PruningNet (or model)", desc="pruningnet", quiet=quiet, dist=info, stop_after=stop_after)
+    result = train_loop(
+        pn,
+        loader,
+        [opt],
+        train,
+        hooks,
+        signature={"inplace_distill": cfg.inplace_distill, "model": signature or {}},
+        checkpoint=checkpoint,
+        what="PruningNet (or model)",
+        desc="pruningnet",
+        quiet=quiet,
+        dist=info,
+        stop_after=stop_after,
+    )
     pn.set_widths({})
     return result
 
@@ -131,13 +144,15 @@ def recalib_batches(train_ds: TensorDataset, batch_size: int, n: int, seed: int,
     """The same ``n`` shuffled training batches for every candidate (this rank's share under DDP)."""
     g = torch.Generator().manual_seed(seed + 7)
     perm = torch.randperm(len(train_ds), generator=g)
-    perm = perm[info.rank::info.world]
+    perm = perm[info.rank :: info.world]
     xs = train_ds.tensors[0]
-    return [xs[perm[i * batch_size:(i + 1) * batch_size]] for i in range(min(n, max(1, len(perm) // batch_size)))]
+    return [xs[perm[i * batch_size : (i + 1) * batch_size]] for i in range(min(n, max(1, len(perm) // batch_size)))]
 
 
 @torch.no_grad()
-def score_candidate(pn: PruningNet, widths: dict[str, int], recalib: list[torch.Tensor], val_ds: TensorDataset, info: DistInfo = DistInfo(), batch_size: int = 256) -> dict:
+def score_candidate(
+    pn: PruningNet, widths: dict[str, int], recalib: list[torch.Tensor], val_ds: TensorDataset, info: DistInfo = DistInfo(), batch_size: int = 256
+) -> dict:
     """Top-1 (and mean cross-entropy) on the validation split with generated weights and
     recalibrated BN -- no fine-tuning per candidate."""
     device = next(pn.parameters()).device

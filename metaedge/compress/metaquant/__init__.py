@@ -7,6 +7,7 @@ optional distillation from the fp32 model; :func:`metaedge.compress.metaquant.ex
 ONNX in the ``ort`` or ``tensorrt`` profile it was prepared for. ``parse_quant_spec("w4a8")`` reads
 the CLI's spec; :data:`PRESETS` holds the demo and full settings.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,6 +50,7 @@ __all__ = [
     "quantize_model",
 ]
 
+
 @dataclass(frozen=True)
 class QuantConfig:
     weight_bits: int = 8
@@ -84,14 +86,28 @@ class QuantConfig:
         get_profile(self.profile)
         parse_bit_policy(self.layer_bits)
         if self.epochs < 0 or self.lr <= 0 or self.meta_lr <= 0 or self.calib_batches < 1 or self.batch_size < 1:
-            raise MetaedgeError(f"bad quantization settings (epochs={self.epochs}, lr={self.lr}, meta_lr={self.meta_lr}, calib_batches={self.calib_batches})", "use epochs >= 0, lr > 0, meta_lr > 0, calib_batches >= 1")
+            raise MetaedgeError(
+                f"bad quantization settings (epochs={self.epochs}, lr={self.lr}, meta_lr={self.meta_lr}, calib_batches={self.calib_batches})",
+                "use epochs >= 0, lr > 0, meta_lr > 0, calib_batches >= 1",
+            )
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
-            raise MetaedgeError(f"bad distillation settings (kd_alpha={self.kd_alpha}, kd_temperature={self.kd_temperature})", "use 0 <= kd_alpha <= 1 and kd_temperature > 0")
+            raise MetaedgeError(
+                f"bad distillation settings (kd_alpha={self.kd_alpha}, kd_temperature={self.kd_temperature})", "use 0 <= kd_alpha <= 1 and kd_temperature > 0"
+            )
 
     def qat_config(self) -> QATConfig:
         """The QAT loop's settings: the weights' optimizer at momentum 0.9, labels without smoothing, KD from the fp32 model."""
-        train = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay, label_smoothing=0.0,
-                            distill_alpha=self.kd_alpha, distill_temperature=self.kd_temperature, seed=self.seed)
+        train = TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=0.9,
+            weight_decay=self.weight_decay,
+            label_smoothing=0.0,
+            distill_alpha=self.kd_alpha,
+            distill_temperature=self.kd_temperature,
+            seed=self.seed,
+        )
         return QATConfig(self.method, train, self.meta_variant, self.meta_lr, self.meta_hidden, self.optimizer)
 
     @property
@@ -162,7 +178,9 @@ def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quie
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     was = model.training
-    qmodel = prepare_qat(model, cfg.effective_weight_quantizer, cfg.weight_bits, policy=cfg.layer_bits, profile=cfg.profile, learn_act_scale=cfg.learns_act_scale)
+    qmodel = prepare_qat(
+        model, cfg.effective_weight_quantizer, cfg.weight_bits, policy=cfg.layer_bits, profile=cfg.profile, learn_act_scale=cfg.learns_act_scale
+    )
     teacher = copy.deepcopy(model).eval() if cfg.kd_alpha > 0 and cfg.epochs > 0 else None
     model.train(was)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(data.train) > cfg.batch_size)
@@ -173,7 +191,18 @@ def quantize_model(model: nn.Module, data, cfg: QuantConfig, workdir: Path, quie
     calib_acc = evaluate(qmodel, val_loader)
     history = None
     if cfg.epochs > 0:
-        history = train_qat(qmodel, train_loader, val_loader, cfg.qat_config(), teacher=teacher, checkpoint=workdir / "qat.ckpt",
-                            signature=asdict(cfg), quiet=quiet, on_epoch=on_epoch).history
+        history = train_qat(
+            qmodel,
+            train_loader,
+            val_loader,
+            cfg.qat_config(),
+            teacher=teacher,
+            checkpoint=workdir / "qat.ckpt",
+            signature=asdict(cfg),
+            quiet=quiet,
+            on_epoch=on_epoch,
+        ).history
     qmodel.eval()
-    return QuantResult(qmodel, evaluate(qmodel, val_loader), evaluate(qmodel, test_loader), time.perf_counter() - t0, cfg, history, calib_acc, layer_table(qmodel))
+    return QuantResult(
+        qmodel, evaluate(qmodel, val_loader), evaluate(qmodel, test_loader), time.perf_counter() - t0, cfg, history, calib_acc, layer_table(qmodel)
+    )

@@ -16,6 +16,7 @@ occupy bit-packed at k bits plus scales and biases, per layer and in total.
 This is the torch side of the QDQ path and lives with the quantizers it reads; what a deployment
 does with the file (ORT fusion check, choice of profile per backend) is in ``metaedge.deploy.qdq``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,6 @@ def _translation_table() -> dict:
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the ops)
     from onnxscript import ir
     from onnxscript import opset18 as op
-
 
     def _scalars(scale: float, zero_point: int, quant_min: int):
         # onnxscript's opset stubs say TensorProto; the exporter's tracer takes the ir.Tensor
@@ -115,7 +115,6 @@ def export_qdq(qmodel: nn.Module, example_input: torch.Tensor, path: Path | str,
     """
     import onnx
 
-
     layers = quant_layers(qmodel)
     if not layers:
         raise MetaedgeError("export_qdq got a model without quantized layers", "pass the model returned by quantize_model (QuantResult.model)")
@@ -135,8 +134,15 @@ def export_qdq(qmodel: nn.Module, example_input: torch.Tensor, path: Path | str,
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(
-                qmodel, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), opset_version=opset, optimize=True, verbose=False,
+                qmodel,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
                 custom_translation_table=_translation_table(),
             )
     except Exception as exc:
@@ -237,6 +243,5 @@ def check_qdq_parity(
     tolerance = Tolerance("quantized", atol=atol, max_steps=max_steps, mean_steps=mean_steps, min_top1_agreement=min_top1_agreement)
     report = compare(ref, out, tolerance, step=step, step_from=step_from)
     if raise_on_fail:
-        report.require(f"the QDQ graph {onnx_path}", "the QDQ ONNX does not compute what the fake-quant model does; "
-                                                     "re-export, or report a bug with the model")
+        report.require(f"the QDQ graph {onnx_path}", "the QDQ ONNX does not compute what the fake-quant model does; re-export, or report a bug with the model")
     return {**report.to_dict(), "max_steps": None if atol is not None else max_steps, "mean_steps": mean_steps, "profile": profile}

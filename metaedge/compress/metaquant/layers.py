@@ -12,6 +12,7 @@ holds, so export reproduces the eval model up to float rounding.
 Bias: the folded bias sits on the int32 grid ``s_x * s_f`` (what QLinearConv adds; the tensorrt
 profile writes the same values as floats), see :mod:`metaedge.qdq.profiles` for why both profiles round it.
 """
+
 from __future__ import annotations
 
 from typing import cast

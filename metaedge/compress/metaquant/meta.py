@@ -33,6 +33,7 @@ checkpointed chunks, so only the chunk being recomputed holds its hidden activat
 keeps an ``h``-wide state per weight, and :func:`~metaedge.compress.metaquant.qat.train_qat` refuses
 it above 600k weights.
 """
+
 from __future__ import annotations
 
 import torch

@@ -11,6 +11,7 @@ Runtime and TensorRT fuse that activation into the quantized conv -- including t
 only fuses a Gemm whose output is quantized). Since the output quantizer sits after BN, folding
 BN into the weights at export moves no quantizer: the folded graph is the trained one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,7 +64,10 @@ def fold_bn(model: nn.Module) -> fx.GraphModule:
     assert isinstance(gm, fx.GraphModule)  # fuse returns the traced module it was given, typed nn.Module
     leftover = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
-        raise MetaedgeError(f"BatchNorm layers {leftover[:3]} do not directly follow a conv, so they cannot be folded", "quantize a model where every BN follows a Conv2d whose output only feeds that BN")
+        raise MetaedgeError(
+            f"BatchNorm layers {leftover[:3]} do not directly follow a conv, so they cannot be folded",
+            "quantize a model where every BN follows a Conv2d whose output only feeds that BN",
+        )
     return gm
 
 
@@ -168,9 +172,14 @@ def prepare_qat(
         q.bits_note = f"{prof.name} profile: {asked} -> {bits} bits" if bits != asked else ""
         parent, _, leaf = str(node.target).rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, leaf, q)
-    leftover = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(m is getattr(lq, "bn", None) for lq in gm.modules())]
+    leftover = [
+        n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(m is getattr(lq, "bn", None) for lq in gm.modules())
+    ]
     if leftover:
-        raise MetaedgeError(f"BatchNorm layers {leftover[:3]} do not directly follow a conv, so they cannot be folded into it", "quantize a model where every BN follows a Conv2d/Linear whose output only feeds that BN")
+        raise MetaedgeError(
+            f"BatchNorm layers {leftover[:3]} do not directly follow a conv, so they cannot be folded into it",
+            "quantize a model where every BN follows a Conv2d/Linear whose output only feeds that BN",
+        )
     modules = dict(gm.named_modules())
     output_args = set()
     for n in graph.nodes:
@@ -228,8 +237,18 @@ def layer_table(model: nn.Module) -> list[dict]:
         weights = math.ceil(layer.wq.bits * w.numel() / 8)
         extra = 4 * w.shape[0] * (2 if layer.has_bias() else 1)
         why = f"{layer.role}; {layer.bits_note}" if layer.bits_note else layer.role
-        rows.append({"name": name, "type": kind, "bits": layer.wq.bits, "quantizer": layer.wq.kind, "why": why,
-                     "bn_folded": layer.bn is not None, "params": w.numel(), "packed_bytes": weights + extra})
+        rows.append(
+            {
+                "name": name,
+                "type": kind,
+                "bits": layer.wq.bits,
+                "quantizer": layer.wq.kind,
+                "why": why,
+                "bn_folded": layer.bn is not None,
+                "params": w.numel(),
+                "packed_bytes": weights + extra,
+            }
+        )
     return rows
 
 

@@ -15,6 +15,7 @@ path calibrates with, in one of the two export profiles (see
 The fp32 model is pre-processed first (``quant_pre_process``: shape inference + ORT graph
 optimisation, which folds BN), as ORT recommends.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -54,16 +55,30 @@ def _options(profile: str, symmetric_activations: bool | None) -> tuple[Any, Any
     if profile == "tensorrt":
         if symmetric_activations is False:
             raise MetaedgeError("the tensorrt profile needs symmetric activations", "drop symmetric_activations=False or use profile 'ort'")
-        return QuantType.QInt8, QuantType.QInt8, False, {
-            "ActivationSymmetric": True, "WeightSymmetric": True, "AddQDQPairToWeight": True,
-            "DedicatedQDQPair": True, "QuantizeBias": False,
-        }
+        return (
+            QuantType.QInt8,
+            QuantType.QInt8,
+            False,
+            {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "AddQDQPairToWeight": True,
+                "DedicatedQDQPair": True,
+                "QuantizeBias": False,
+            },
+        )
     sym = bool(symmetric_activations)
     return (QuantType.QInt8 if sym else QuantType.QUInt8), QuantType.QInt8, True, {"ActivationSymmetric": sym, "WeightSymmetric": True}
 
 
-def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[np.ndarray], per_channel: bool = True,
-                 symmetric_activations: bool | None = None, profile: str = "ort") -> Path:
+def quantize_ptq(
+    fp32_onnx: Path | str,
+    out_path: Path | str,
+    batches: Iterable[np.ndarray],
+    per_channel: bool = True,
+    symmetric_activations: bool | None = None,
+    profile: str = "ort",
+) -> Path:
     """Write an 8-bit QDQ model of ``fp32_onnx`` to ``out_path`` (atomically) and return the path.
 
     ``profile``: ``ort`` or ``tensorrt`` (see the module docstring). ``symmetric_activations``:
@@ -89,7 +104,9 @@ def quantize_ptq(fp32_onnx: Path | str, out_path: Path | str, batches: Iterable[
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
         with atomic_path(out_path) as out_tmp:
             quantize_static(
-                str(pre), str(out_tmp), reader,
+                str(pre),
+                str(out_tmp),
+                reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=act_type,

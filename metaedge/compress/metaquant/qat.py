@@ -19,6 +19,7 @@ Optimiser for the weights: ``sgd`` (momentum, cosine schedule) or ``adam`` (the 
 code's choice); the learning rate is per method (the bench chooses it on validation). Optional
 knowledge distillation from a teacher (the fp32 model): ``(1 - a) CE + a T^2 KL``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -87,7 +88,9 @@ class QATConfig:
             raise MetaedgeError(f"unknown QAT optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}")
 
 
-def _make_optimizer(name: str, weights: list[torch.Tensor], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    name: str, weights: list[torch.Tensor], other: list[nn.Parameter], lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
@@ -112,8 +115,17 @@ def _update_of(opt: torch.optim.Optimizer, p: torch.Tensor, grad: torch.Tensor, 
 class _QATHooks(SupervisedHooks):
     """Observers on for the first epochs; MetaQuant's look-ahead forward (``W_meta``) and late update."""
 
-    def __init__(self, model: fx.GraphModule, cfg: QATConfig, val_loader, teacher: nn.Module | None, opt: torch.optim.Optimizer, meta: MetaNet | None,
-                 on_step: Callable[[dict], None] | None, on_epoch: Callable[[int, nn.Module], dict] | None) -> None:
+    def __init__(
+        self,
+        model: fx.GraphModule,
+        cfg: QATConfig,
+        val_loader,
+        teacher: nn.Module | None,
+        opt: torch.optim.Optimizer,
+        meta: MetaNet | None,
+        on_step: Callable[[dict], None] | None,
+        on_epoch: Callable[[int, nn.Module], dict] | None,
+    ) -> None:
         super().__init__(model, cfg.train, val_loader, teacher)
         self.qat, self.opt, self.meta, self.on_step, self.on_epoch = cfg, opt, meta, on_step, on_epoch
         self.layers = dict(quant_layers(model))
@@ -145,8 +157,10 @@ class _QATHooks(SupervisedHooks):
     def loss(self, x: torch.Tensor, y: torch.Tensor, step: Step) -> StepLoss:
         out = super().loss(x, y, step)
         if not torch.isfinite(out.objective):  # type: ignore[arg-type]
-            raise MetaedgeError(f"QAT diverged at epoch {step.epoch + 1} step {step.index + 1} (loss {out.objective.item()})",  # type: ignore[union-attr]
-                                "lower the QAT lr or meta_lr, or use method 'ste'")
+            raise MetaedgeError(
+                f"QAT diverged at epoch {step.epoch + 1} step {step.index + 1} (loss {out.objective.item()})",  # type: ignore[union-attr]
+                "lower the QAT lr or meta_lr, or use method 'ste'",
+            )
         return out
 
     def after_backward(self, step: Step) -> None:
@@ -230,12 +244,25 @@ def train_qat(
             n = sum(m.weight.numel() for m in layers)
             if n > 600_000:
                 h = meta.hidden if meta is not None else int(cfg.meta_hidden or DEFAULT_HIDDEN["lstmfc"])
-                raise MetaedgeError(f"LSTMFC keeps a {h}-wide LSTM state for each of the model's {n} weights (~{n * h * 8 * 4 / 2**30:.1f} GiB with its gates)", "use meta variant 'multifc' (chunked) for this model")
+                raise MetaedgeError(
+                    f"LSTMFC keeps a {h}-wide LSTM state for each of the model's {n} weights (~{n * h * 8 * 4 / 2**30:.1f} GiB with its gates)",
+                    "use meta variant 'multifc' (chunked) for this model",
+                )
         meta = meta if meta is not None else make_meta_net(cfg.meta_variant, cfg.meta_hidden)
     hooks = _QATHooks(model, cfg, val_loader, teacher, opt, meta, on_step, on_epoch)
     qat_signature = {k: v for k, v in asdict(cfg).items() if k != "train"}
-    result = train_loop(model, train_loader, [opt], train, hooks, signature={"qat": qat_signature, "caller": signature}, checkpoint=checkpoint,
-                        what="QAT", desc=f"qat-{cfg.method}", quiet=quiet)
+    result = train_loop(
+        model,
+        train_loader,
+        [opt],
+        train,
+        hooks,
+        signature={"qat": qat_signature, "caller": signature},
+        checkpoint=checkpoint,
+        what="QAT",
+        desc=f"qat-{cfg.method}",
+        quiet=quiet,
+    )
     hooks.stop_capture()
     model.eval()
     return result

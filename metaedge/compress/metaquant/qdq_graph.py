@@ -17,6 +17,7 @@ Q/DQ and int8 weight constants behind a per-channel DequantizeLinear. Then, per 
 
 Torch-free; every function edits the ``onnx.ModelProto`` in place.
 """
+
 from __future__ import annotations
 
 import copy
@@ -179,7 +180,10 @@ def to_tensorrt(model) -> dict[str, int]:
             continue
         init = inits[node.input[0]]
         if init.data_type != onnx.TensorProto.INT8:
-            raise MetaedgeError(f"DequantizeLinear {node.name} reads a {onnx.TensorProto.DataType.Name(init.data_type)} constant", "this export path only writes int8 weights; report a bug")
+            raise MetaedgeError(
+                f"DequantizeLinear {node.name} reads a {onnx.TensorProto.DataType.Name(init.data_type)} constant",
+                "this export path only writes int8 weights; report a bug",
+            )
         q = numpy_helper.to_array(init).astype(np.float32)
         scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
@@ -214,5 +218,8 @@ def wide_weights(model, limit: int = 64) -> list[str]:
     import onnx
     from onnx import numpy_helper
 
-    return [i.name for i in model.graph.initializer
-            if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 and np.abs(numpy_helper.to_array(i).astype(np.int16)).max(initial=0) > limit]
+    return [
+        i.name
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2 and np.abs(numpy_helper.to_array(i).astype(np.int16)).max(initial=0) > limit
+    ]

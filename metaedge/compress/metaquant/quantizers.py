@@ -35,6 +35,7 @@ scale from an EMA min/max observer or learned (LSQ, gradient through the scale, 
 ``1/sqrt(N * Qp)``). Its backward is the clipped STE: identity inside [qmin, qmax], 0 outside.
 Rounding is half-to-even and ``x / scale`` is a true division, as in ONNX QuantizeLinear.
 """
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 
 Entry point: ``vib_prune(model, data, PruneConfig(budget=...), VIB PRESETS["demo"], workdir)``.
 """
+
 from metaedge.compress.vib.api import vib_prune
 from metaedge.compress.vib.config import PRESETS, VIBConfig
 from metaedge.compress.vib.gates import ChannelGates, consumers, fold_gates, gated

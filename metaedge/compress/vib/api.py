@@ -1,4 +1,5 @@
 """The VIB prune stage: gate training -> keep channels by information ratio -> fold -> materialise -> fine-tune."""
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ def informative_fits(setup: PruneSetup):
         r = gates.log_ratio()
         widths = {}
         for g in gates.groups:
-            n, chunks = int((r[gates.offsets[g]:gates.offsets[g] + groups[g].size] > 0).sum()), groups[g].chunks
+            n, chunks = int((r[gates.offsets[g] : gates.offsets[g] + groups[g].size] > 0).sum()), groups[g].chunks
             widths[g] = max(chunks, -(-n // chunks) * chunks)
         return setup.cost(widths) <= setup.budget
 
@@ -65,8 +66,12 @@ def vib_prune(
     fold_gates(net, gates)  # z = mu: the gated network's deterministic output, as plain weights
     kept = torch.cat([scores[g][keep[g]] if g in keep else scores[g] for g in scores])
     removed = torch.cat([scores[g][torch.isin(torch.arange(len(scores[g])), keep[g], invert=True)] for g in keep]) if keep else torch.zeros(0)
-    details = {"gate_history": history, "kept_channels": int(kept.numel()), "removed_channels": int(removed.numel()),
-               "kept_log_ratio_min": float(kept.min()) if kept.numel() else None,
-               "removed_log_ratio_max": float(removed.max()) if removed.numel() else None, "vib": {"gamma": vib.gamma, "final_gamma": history[-1].get("gamma") if history else None,
-                                                                 "budget_control": vib.budget_control, "epochs": vib.epochs}}
+    details = {
+        "gate_history": history,
+        "kept_channels": int(kept.numel()),
+        "removed_channels": int(removed.numel()),
+        "kept_log_ratio_min": float(kept.min()) if kept.numel() else None,
+        "removed_log_ratio_max": float(removed.max()) if removed.numel() else None,
+        "vib": {"gamma": vib.gamma, "final_gamma": history[-1].get("gamma") if history else None, "budget_control": vib.budget_control, "epochs": vib.epochs},
+    }
     return finish_pruning(setup, net, widths, keep, data, ft, cfg.recalib_batches, workdir, "vib", teacher, quiet, seconds, details)

@@ -1,4 +1,5 @@
 """Settings of VIB gate training (the budget, channel multiple and fine-tune are the shared PruneConfig's)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,7 +34,10 @@ class VIBConfig:
         if self.epochs < 1 or self.lr <= 0 or self.gate_lr <= 0:
             raise MetaedgeError(f"bad VIB settings (epochs={self.epochs}, lr={self.lr}, gate_lr={self.gate_lr})", "use epochs >= 1 and positive learning rates")
         if self.budget_control and not (0 < self.control_rate <= 1 and self.gamma > 0):
-            raise MetaedgeError(f"bad VIB budget control (gamma={self.gamma}, control_rate={self.control_rate})", "use gamma > 0 and 0 < control_rate <= 1, or budget_control=False")
+            raise MetaedgeError(
+                f"bad VIB budget control (gamma={self.gamma}, control_rate={self.control_rate})",
+                "use gamma > 0 and 0 < control_rate <= 1, or budget_control=False",
+            )
         if self.gamma < 0:
             raise MetaedgeError(f"VIB gamma must not be negative, got {self.gamma}", "use gamma >= 0 (0: no bottleneck, gates learn from the task alone)")
 

@@ -11,6 +11,7 @@ would be undone by any BN that follows (a depthwise conv's, or one after a conca
 Deterministic inference takes z = mu, which :func:`fold_gates` multiplies into the consumers'
 input channels, leaving an ordinary network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,11 @@ __all__ = ["ChannelGates", "consumers", "fold_gates", "gated"]
 def consumers(analysis: GraphAnalysis, groups: Sequence[str]) -> dict[str, Layout]:
     """Conv (not depthwise) and linear layers whose input holds one of ``groups``: name -> input layout."""
     wanted = set(groups)
-    return {name: info.in_layout for name, info in analysis.layers.items()
-            if info.kind in ("conv", "linear") and not info.depthwise and info.in_layout is not None and wanted & set(info.in_layout.groups)}
+    return {
+        name: info.in_layout
+        for name, info in analysis.layers.items()
+        if info.kind in ("conv", "linear") and not info.depthwise and info.in_layout is not None and wanted & set(info.in_layout.groups)
+    }
 
 
 class ChannelGates(nn.Module):
@@ -37,8 +41,9 @@ class ChannelGates(nn.Module):
 
     kl_weight: torch.Tensor  # buffer (registered in __init__)
 
-    def __init__(self, analysis: GraphAnalysis, groups: Sequence[str], cost_weights: Mapping[str, float] | None = None,
-                 init_log_sigma2: float = -9.0, seed: int = 0) -> None:
+    def __init__(
+        self, analysis: GraphAnalysis, groups: Sequence[str], cost_weights: Mapping[str, float] | None = None, init_log_sigma2: float = -9.0, seed: int = 0
+    ) -> None:
         super().__init__()
         self.analysis = analysis
         self.groups = list(groups)
@@ -54,7 +59,7 @@ class ChannelGates(nn.Module):
         w = torch.ones(n)
         if cost_weights:
             for g in self.groups:
-                w[self.offsets[g]:self.offsets[g] + analysis.groups[g].size] = float(cost_weights[g])
+                w[self.offsets[g] : self.offsets[g] + analysis.groups[g].size] = float(cost_weights[g])
             w = w / w.mean()
         self.register_buffer("kl_weight", w)
         self._z: torch.Tensor | None = None
@@ -101,7 +106,7 @@ class ChannelGates(nn.Module):
 
     def scores(self) -> dict[str, torch.Tensor]:
         r = self.log_ratio().cpu()
-        return {g: r[self.offsets[g]:self.offsets[g] + self.analysis.groups[g].size] for g in self.groups}
+        return {g: r[self.offsets[g] : self.offsets[g] + self.analysis.groups[g].size] for g in self.groups}
 
 
 @contextlib.contextmanager

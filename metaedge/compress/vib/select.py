@@ -1,4 +1,5 @@
 """Channels kept by information: the budget filled with the most informative channels first."""
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -17,7 +18,7 @@ def ranked(score: torch.Tensor, chunks: int = 1) -> torch.Tensor:
     if chunks == 1:
         return score.argsort(descending=True, stable=True)
     block = score.numel() // chunks
-    per = torch.stack([score[j * block:(j + 1) * block].argsort(descending=True, stable=True) + j * block for j in range(chunks)])
+    per = torch.stack([score[j * block : (j + 1) * block].argsort(descending=True, stable=True) + j * block for j in range(chunks)])
     return per.t().reshape(-1)
 
 

@@ -7,6 +7,7 @@ the gates take Adam on the same schedule (the KL's gradient on one gate is
 tiny next to a weight's; Adam's per-parameter steps make gate_lr mean the same on any network).
 A checkpoint after every epoch lets a killed run resume.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ __all__ = ["train_gates"]
 class _GateHooks(SupervisedHooks):
     """The task loss plus gamma * KL; gamma follows the budget when ``cfg.budget_control``."""
 
-    def __init__(self, model: nn.Module, gates: ChannelGates, cfg: VIBConfig, train: TrainConfig, teacher: nn.Module | None,
-                 fits: Callable[[ChannelGates], bool] | None) -> None:
+    def __init__(
+        self, model: nn.Module, gates: ChannelGates, cfg: VIBConfig, train: TrainConfig, teacher: nn.Module | None, fits: Callable[[ChannelGates], bool] | None
+    ) -> None:
         super().__init__(model, train, teacher=teacher)
         self.gates, self.vib, self.fits, self.gamma = gates, cfg, fits, cfg.gamma
 
@@ -53,8 +55,17 @@ class _GateHooks(SupervisedHooks):
         self.gamma = float(state["gamma"])
 
 
-def train_gates(model: nn.Module, gates: ChannelGates, data: DataSplits, cfg: VIBConfig, train: TrainConfig, teacher: nn.Module | None = None,
-                checkpoint: Path | None = None, quiet: bool = False, fits: Callable[[ChannelGates], bool] | None = None) -> TrainResult:
+def train_gates(
+    model: nn.Module,
+    gates: ChannelGates,
+    data: DataSplits,
+    cfg: VIBConfig,
+    train: TrainConfig,
+    teacher: nn.Module | None = None,
+    checkpoint: Path | None = None,
+    quiet: bool = False,
+    fits: Callable[[ChannelGates], bool] | None = None,
+) -> TrainResult:
     """Train ``model`` and ``gates`` in place; the history has per epoch the loss, KL, gated channels
     with mu^2 / sigma^2 < 1 and gamma. ``train`` gives batch size, KD weight and temperature, label
     smoothing, warm-up; epochs, lr and seed are ``cfg``'s. ``fits(gates)``: whether the informative
@@ -68,8 +79,18 @@ def train_gates(model: nn.Module, gates: ChannelGates, data: DataSplits, cfg: VI
     loader = make_loader(data.train, train.batch_size, shuffle=True, seed=cfg.seed)
     hooks = _GateHooks(model, gates, cfg, sched, teacher, fits)
     with gated(model, gates):
-        result = train_loop(nn.ModuleDict({"model": model, "gates": gates}), loader, [opt_w, opt_g], sched, hooks, signature={"vib": asdict(cfg)},
-                            checkpoint=checkpoint, what="VIB", desc="VIB gates", quiet=quiet)
+        result = train_loop(
+            nn.ModuleDict({"model": model, "gates": gates}),
+            loader,
+            [opt_w, opt_g],
+            sched,
+            hooks,
+            signature={"vib": asdict(cfg)},
+            checkpoint=checkpoint,
+            what="VIB",
+            desc="VIB gates",
+            quiet=quiet,
+        )
     model.eval()
     gates.eval()
     return result

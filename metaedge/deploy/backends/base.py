@@ -5,6 +5,7 @@ artifact (``load``) and gives a :class:`LoadedArtifact` whose ``run`` maps one n
 Timing defaults to wall-clock around ``run``; backends with a better timer (TVM's
 ``time_evaluator``) override :meth:`Backend.time`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -1,4 +1,5 @@
 """ONNX Runtime backend: the reference runtime every other artifact is checked against."""
+
 from __future__ import annotations
 
 import shutil

@@ -15,6 +15,7 @@ QDQ ONNX imports as quantize/dequantize around fp32 compute: the model is numeri
 quantized one but runs in fp32 (the manifest's ``int8`` field says so). QOperator ONNX
 (QLinearConv, ConvInteger...) does not import in TVM 0.27 and is refused with a clear error.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,19 @@ __all__ = [
 ]
 
 # ONNX ops of the QOperator quantization format; TVM 0.27's ONNX frontend cannot import them.
-QOPERATOR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd",
-                           "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat"})
+QOPERATOR_OPS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,11 @@ def gpu_pipeline(tvm_target):
                 dl.ApplyDefaultSchedule(*[Guarded(r) for r in rules]),
             ]
             seq = tvm.transform.Sequential(
-                cuda_pipeline.library_dispatch_passes(tvm_target) + legalize
-                + cuda_pipeline.dataflow_lower_passes(tvm_target) + cuda_pipeline.finalize_passes(tvm_target))
+                cuda_pipeline.library_dispatch_passes(tvm_target)
+                + legalize
+                + cuda_pipeline.dataflow_lower_passes(tvm_target)
+                + cuda_pipeline.finalize_passes(tvm_target)
+            )
             return seq(mod)
 
     return _pipeline
@@ -168,8 +183,13 @@ def prepare_module(mod, tvm_target):
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
     if _is_cpu(tvm_target):
         passes.append(relax.transform.ConvertLayout(CPU_LAYOUTS))
-    passes += [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-               relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    passes += [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
     with tvm_target:
         return tvm.transform.Sequential(passes)(mod)
 
@@ -210,8 +230,9 @@ def compile_module(mod, tvm_target, database_dir: Path | None = None):
     @tvm.transform.module_pass(opt_level=0)
     def _lower(m, _ctx):
         with tvm_target:
-            return tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target) + cpu.dataflow_lower_passes(tvm_target)
-                                            + cpu.finalize_passes(tvm_target))(m)
+            return tvm.transform.Sequential(cpu.library_dispatch_passes(tvm_target) + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))(
+                m
+            )
 
     return tvm.compile(mod, target=tvm_target, relax_pipeline=_lower)
 
@@ -229,16 +250,16 @@ def with_num_cores(tvm_target, cores: int | None):
     return tvm.target.Target(spec)
 
 
-def tune_module(mod, tvm_target, work_dir: Path, trials: int, *, device: str | None = None, threads: int = 1,
-                build_timeout_s: float = 180.0, report=None):
+def tune_module(mod, tvm_target, work_dir: Path, trials: int, *, device: str | None = None, threads: int = 1, build_timeout_s: float = 180.0, report=None):
     """Tune ``mod`` (an imported Relax module) into the database ``work_dir``; returns the
     :class:`~metaedge.deploy.backends.tvm_tuning.TuneResult`."""
     from metaedge.deploy.backends.tvm_tuning import tune_tasks_in_database
 
     tvm_target = with_num_cores(tvm_target, None if device else threads)
     prepared = prepare_module(mod, tvm_target)
-    return tune_tasks_in_database(prepared, tvm_target, Path(work_dir), trials, rules=default_rules(tvm_target),
-                                  device=device, build_timeout_s=build_timeout_s, report=report)
+    return tune_tasks_in_database(
+        prepared, tvm_target, Path(work_dir), trials, rules=default_rules(tvm_target), device=device, build_timeout_s=build_timeout_s, report=report
+    )
 
 
 # --- running and timing --------------------------------------------------------------------------
@@ -322,11 +343,25 @@ class TvmBackend(Backend):
         database = opts.tuning_dir or tuning_dir_for(target.name)
         tuning: dict[str, Any] = {"database": str(database), "trials_requested": opts.tune_trials}
         if opts.tune_trials > 0:
-            res = tune_module(mod, tvm_target, database, opts.tune_trials, device=opts.tune_device, threads=opts.threads,
-                              build_timeout_s=opts.build_timeout_s, report=opts.report)
-            tuning.update(tasks=res.tasks, trials_before=res.trials_before, trials_run=res.trials_run,
-                          seconds=round(res.seconds, 1), estimated_ms=res.estimated_ms, interrupted=res.interrupted,
-                          skipped_reason=res.skipped_reason)
+            res = tune_module(
+                mod,
+                tvm_target,
+                database,
+                opts.tune_trials,
+                device=opts.tune_device,
+                threads=opts.threads,
+                build_timeout_s=opts.build_timeout_s,
+                report=opts.report,
+            )
+            tuning.update(
+                tasks=res.tasks,
+                trials_before=res.trials_before,
+                trials_run=res.trials_run,
+                seconds=round(res.seconds, 1),
+                estimated_ms=res.estimated_ms,
+                interrupted=res.interrupted,
+                skipped_reason=res.skipped_reason,
+            )
         has_records = (Path(database) / "database_tuning_record.json").is_file()
         tuning["applied"] = has_records
         try:
@@ -357,9 +392,14 @@ class TvmBackend(Backend):
             "compile_s": round(time.perf_counter() - t0, 3),
         }
         atomic_write_json(out_dir / "model.json", meta)
-        return CompiledModel(self.name, target.name, lib, input_name, shape,
-                             extra={"metadata": str(out_dir / "model.json"), "device": meta["device"],
-                                    "arch": target.arch, "runs_here": target.runs_here()})
+        return CompiledModel(
+            self.name,
+            target.name,
+            lib,
+            input_name,
+            shape,
+            extra={"metadata": str(out_dir / "model.json"), "device": meta["device"], "arch": target.arch, "runs_here": target.runs_here()},
+        )
 
     def load(self, compiled: CompiledModel, threads: int = 1) -> TvmRunner:
         arch = compiled.extra.get("arch", platform.machine())
@@ -382,9 +422,11 @@ def _int8_note(onnx_path: Path) -> str | None:
     ops = {n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     if "DequantizeLinear" not in ops:
         return None
-    return ("emulated: TVM 0.27's Relax ONNX frontend imports QuantizeLinear/DequantizeLinear as float ops "
-            "(relax.quantize/dequantize, legalized elementwise; Relax has no QNN lowering), so weights are "
-            "dequantized at build time and convs run in fp32 with the int8 model's numerics")
+    return (
+        "emulated: TVM 0.27's Relax ONNX frontend imports QuantizeLinear/DequantizeLinear as float ops "
+        "(relax.quantize/dequantize, legalized elementwise; Relax has no QNN lowering), so weights are "
+        "dequantized at build time and convs run in fp32 with the int8 model's numerics"
+    )
 
 
 def _export(ex, lib: Path, linker=None) -> None:

@@ -13,6 +13,7 @@
 * **Interruptible.** The JSON database appends each measurement as it is made; Ctrl-C stops the
   search and the compile goes on with what was measured.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,7 @@ def _cheap_inspect_stack():
         while frame is not None:
             code = frame.f_code
             line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals) if context else ""
-            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name,
-                                            [line] if line else None, 0 if line else None))
+            frames.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, [line] if line else None, 0 if line else None))
             frame = frame.f_back
         return frames
 
@@ -95,8 +95,11 @@ def extract_tasks(mod, tvm_target) -> list:
     """The model's distinct fused TIR functions (MetaSchedule tasks), scheduled ones excluded."""
     from tvm.s_tir import meta_schedule as ms
 
-    return [t for t in ms.relax_integration.extract_tasks(mod, tvm_target)
-            if not t.dispatched[0]["main"].attrs or not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled")]
+    return [
+        t
+        for t in ms.relax_integration.extract_tasks(mod, tvm_target)
+        if not t.dispatched[0]["main"].attrs or not t.dispatched[0]["main"].attrs.get("tirx.is_scheduled")
+    ]
 
 
 def _best_secs(database, task) -> tuple[int, float | None]:
@@ -143,16 +146,14 @@ def _seed_defaults(tasks, tvm_target, database, builder, runner, rules) -> int:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, tvm_target) for _, sch, _ in todo])
     ok = [(item, b) for item, b in zip(todo, built) if b.error_msg is None]
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu" if tvm_target.kind.name == "llvm" else "cuda", args)
-                          for (_, _, args), b in ok])
+    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu" if tvm_target.kind.name == "llvm" else "cuda", args) for (_, _, args), b in ok])
     committed = 0
     for ((task, sch, args), _), fut in zip(ok, futures):
         res = fut.result()
         if res.error_msg is not None or not res.run_secs:
             continue
         workload = database.commit_workload(task.dispatched[0])
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, workload, [float(s) for s in res.run_secs], tvm_target, args))
+        database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, [float(s) for s in res.run_secs], tvm_target, args))
         committed += 1
     return committed
 
@@ -174,9 +175,18 @@ def _progress_callback(budget: int, report: Callable[[TuneProgress], None], task
     return _Progress()
 
 
-def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules: list, device: str | None = None,
-                           build_timeout_s: float = 180.0, runner_timeout_s: float = 60.0,
-                           report: Callable[[TuneProgress], None] | None = None) -> TuneResult:
+def tune_tasks_in_database(
+    mod,
+    tvm_target,
+    db_dir: Path,
+    trials: int,
+    *,
+    rules: list,
+    device: str | None = None,
+    build_timeout_s: float = 180.0,
+    runner_timeout_s: float = 60.0,
+    report: Callable[[TuneProgress], None] | None = None,
+) -> TuneResult:
     """Tune the fused module ``mod`` (legalized, layout-converted) into the database at ``db_dir``
     until it holds ``trials`` measurements for this model's tasks."""
     from tvm.s_tir import meta_schedule as ms
@@ -191,9 +201,16 @@ def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules:
     before = count_records(database, tasks)
     if trials <= before:
         est, per_task = _estimate_ms(database, tasks)
-        return TuneResult(db_dir, len(tasks), before, 0, time.perf_counter() - t0, est,
-                          skipped_reason=f"the database already holds {before} measurements for these {len(tasks)} tasks",
-                          per_task_ms=per_task)
+        return TuneResult(
+            db_dir,
+            len(tasks),
+            before,
+            0,
+            time.perf_counter() - t0,
+            est,
+            skipped_reason=f"the database already holds {before} measurements for these {len(tasks)} tasks",
+            per_task_ms=per_task,
+        )
     cross = str(tvm_target.attrs.get("mtriple", "")) if "mtriple" in tvm_target.attrs else ""
     # Candidates for another CPU are linked here with the cross toolchain, then timed on the device.
     f_export = _export_aarch64 if cross.startswith("aarch64") else None
@@ -202,8 +219,7 @@ def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules:
         spec = parse_device(device)
         if spec.key is None:  # MetaSchedule's RPC runner asks a tracker for servers
             raise MetaedgeError(f"tuning device {device!r} has no key", "write it as tracker-host:port/key")
-        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=spec.host, tracker_port=spec.port,
-                                                         tracker_key=spec.key, session_timeout_sec=600))
+        runner = ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=spec.host, tracker_port=spec.port, tracker_key=spec.key, session_timeout_sec=600))
     else:
         runner = ms.runner.LocalRunner(timeout_sec=runner_timeout_s)
     interrupted = False
@@ -216,15 +232,22 @@ def tune_tasks_in_database(mod, tvm_target, db_dir: Path, trials: int, *, rules:
             callbacks = ms.measure_callback.MeasureCallback.create("default")
             if report is not None:
                 callbacks = list(callbacks) + [_progress_callback(remaining, report, tasks, database)]
-            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=remaining,
-                               num_trials_per_iter=min(64, max(16, remaining // max(1, len(tasks)))),
-                               builder=builder, runner=runner, database=database, measure_callbacks=callbacks)
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(db_dir),
+                max_trials_global=remaining,
+                num_trials_per_iter=min(64, max(16, remaining // max(1, len(tasks)))),
+                builder=builder,
+                runner=runner,
+                database=database,
+                measure_callbacks=callbacks,
+            )
     except KeyboardInterrupt:
         interrupted = True  # every measurement so far is already in the JSON files
     est, per_task = _estimate_ms(database, tasks)
     after = count_records(database, tasks)
-    return TuneResult(db_dir, len(tasks), before, after - before, time.perf_counter() - t0, est,
-                      interrupted=interrupted, seeded=seeded, per_task_ms=per_task)
+    return TuneResult(db_dir, len(tasks), before, after - before, time.perf_counter() - t0, est, interrupted=interrupted, seeded=seeded, per_task_ms=per_task)
 
 
 def _fast_build(mod, target, _params):  # runs inside builder worker processes

@@ -1,4 +1,5 @@
 """Deployment bundles: a Docker build context per target (runtime image + artifact + README)."""
+
 from __future__ import annotations
 
 from metaedge.deploy.bundle.builder import Bundle, BundleConfig, build_bundle, docker_reachable, write_bundle

@@ -4,6 +4,7 @@ The bundle holds exactly: a Dockerfile for the target's family, requirements.txt
 runner source, the model file plus a trimmed manifest, a README with the exact build/run commands
 and bundle.json (the same facts, machine-readable). Never training data, state dicts or caches.
 """
+
 from __future__ import annotations
 
 import json
@@ -99,17 +100,20 @@ def _pick_model(root: Path, manifest: dict[str, Any], target: BundleTarget, back
         rec: dict[str, Any] = tvm_rec if isinstance(tvm_rec, dict) else {}
         if rec.get("parity_pass") is False:  # the compile stage's verdict under metaedge.parity's rule
             parity = rec.get("parity") or {}
-            raise MetaedgeError(f"the TVM library for {target.name} failed the parity check at compile "
-                                f"(max abs error {parity.get('max_abs_err', float('nan')):.3g}, "
-                                f"top-1 agreement {parity.get('top1_agreement', float('nan')):.2f})",
-                                "recompile it (metaedge compile), or deploy with --backend onnxruntime")
+            raise MetaedgeError(
+                f"the TVM library for {target.name} failed the parity check at compile "
+                f"(max abs error {parity.get('max_abs_err', float('nan')):.3g}, "
+                f"top-1 agreement {parity.get('top1_agreement', float('nan')):.2f})",
+                "recompile it (metaedge compile), or deploy with --backend onnxruntime",
+            )
         rel = rec.get("path")
         for cand in filter(None, [rel, f"compiled/{target.name}/tvm/model.so"]):
             path = root / cand
             if path.is_file():
                 return path
-        raise MetaedgeError(f"{root} has no TVM library for target {target.name}",
-                            f"run `metaedge compile --target {target.name}` first, or deploy with --backend onnxruntime")
+        raise MetaedgeError(
+            f"{root} has no TVM library for target {target.name}", f"run `metaedge compile --target {target.name}` first, or deploy with --backend onnxruntime"
+        )
     path = root / "model.onnx"
     if not path.is_file():
         raise MetaedgeError(f"{path} does not exist", "point --artifact at a directory written by `metaedge compress`")
@@ -123,8 +127,7 @@ def _trimmed_manifest(manifest: dict[str, Any], model_rel: str, model_path: Path
     compiled = (manifest.get("compiled") or {}).get(target.name)
     if compiled is not None:
         keep["compiled"] = {target.name: compiled}
-    keep["deploy"] = {"target": target.name, "family": target.family, "platform": target.platform,
-                      "backend": backend, "model": model_rel}
+    keep["deploy"] = {"target": target.name, "family": target.family, "platform": target.platform, "backend": backend, "model": model_rel}
     return keep
 
 
@@ -181,8 +184,7 @@ def _commands(target: BundleTarget, backend: str, image: str, root: Path, base_i
         gpu = ""
     cmds["run"] = f"docker run -d --name {name} --restart unless-stopped {gpu}-p {PORT}:{PORT} {image}"
     cmds["health"] = f"curl -s http://127.0.0.1:{PORT}/healthz"
-    cmds["infer"] = (f"curl -s -X POST -H 'Content-Type: application/x-npy' --data-binary @input.npy "
-                     f"http://127.0.0.1:{PORT}/infer")
+    cmds["infer"] = f"curl -s -X POST -H 'Content-Type: application/x-npy' --data-binary @input.npy http://127.0.0.1:{PORT}/infer"
     cmds["metrics"] = f"curl -s http://127.0.0.1:{PORT}/metrics"
     cmds["run_once"] = f"docker run --rm {gpu}-v $PWD:/in {image} run /in/input.npy"
     return cmds
@@ -207,29 +209,56 @@ def _readme(b: Bundle, spec: dict[str, Any], base_default: str) -> str:
         "```",
     ]
     if "build_on_device" in c:
-        lines += ["", "On an x86 host this needs QEMU binfmt (`docker run --privileged --rm tonistiigi/binfmt --install arm64`",
-                  "or `tools/docker/setup.sh`). Or build on the device itself, and/or ship the image:", "", "```sh",
-                  c["build_on_device"], c["ship"], "```"]
+        lines += [
+            "",
+            "On an x86 host this needs QEMU binfmt (`docker run --privileged --rm tonistiigi/binfmt --install arm64`",
+            "or `tools/docker/setup.sh`). Or build on the device itself, and/or ship the image:",
+            "",
+            "```sh",
+            c["build_on_device"],
+            c["ship"],
+            "```",
+        ]
     if b.target.family == "jetson":
-        lines += ["", "Build on the Jetson: the base image must match its L4T release (`cat /etc/nv_tegra_release`).",
-                  "JetPack 4 (L4T r32, Jetson Nano) ships Python 3.6, which the runner does not support; the build",
-                  "stops with that message. Use JetPack 5+ bases (l4t-jetpack r35/r36) where the board allows."]
+        lines += [
+            "",
+            "Build on the Jetson: the base image must match its L4T release (`cat /etc/nv_tegra_release`).",
+            "JetPack 4 (L4T r32, Jetson Nano) ships Python 3.6, which the runner does not support; the build",
+            "stops with that message. Use JetPack 5+ bases (l4t-jetpack r35/r36) where the board allows.",
+        ]
     if b.backend == "tensorrt":
-        lines += ["", "The TensorRT engine is built from the ONNX model at first start (minutes on a Jetson) and",
-                  "cached in the `metaedge-trt-cache` volume, keyed by model hash and TensorRT version."]
+        lines += [
+            "",
+            "The TensorRT engine is built from the ONNX model at first start (minutes on a Jetson) and",
+            "cached in the `metaedge-trt-cache` volume, keyed by model hash and TensorRT version.",
+        ]
     lines += [
-        "", "## Run", "", "```sh", c["run"], c["health"], c["infer"], c["metrics"], "```", "",
-        "`/infer` takes JSON `{\"input\": [[[[...]]]]}` or raw `.npy` bytes (`Content-Type: application/x-npy`),",
-        "one sample [C, H, W] or a batch [N, C, H, W], and answers `{\"logits\": ..., \"top1\": ...}`.",
+        "",
+        "## Run",
+        "",
+        "```sh",
+        c["run"],
+        c["health"],
+        c["infer"],
+        c["metrics"],
+        "```",
+        "",
+        '`/infer` takes JSON `{"input": [[[[...]]]]}` or raw `.npy` bytes (`Content-Type: application/x-npy`),',
+        'one sample [C, H, W] or a batch [N, C, H, W], and answers `{"logits": ..., "top1": ...}`.',
         "Bad input gets HTTP 400 with a message. One-shot inference on files (.npy or images):",
-        "", "```sh", c["run_once"], "```", "",
+        "",
+        "```sh",
+        c["run_once"],
+        "```",
+        "",
         "Environment: `METAEDGE_PORT` (8080), `METAEDGE_THREADS`, `METAEDGE_BACKEND`, `METAEDGE_CACHE_DIR`;",
         "dynamic batching `METAEDGE_MAX_BATCH` (1: off) and `METAEDGE_BATCH_TIMEOUT_MS` (2); limits `METAEDGE_WORKERS`,",
         "`METAEDGE_QUEUE_LIMIT` (128, then 503 + Retry-After), `METAEDGE_MAX_BODY_MB` (64), `METAEDGE_READ_TIMEOUT` (30 s),",
         "`METAEDGE_IDLE_TIMEOUT` (15 s), `METAEDGE_DRAIN_TIMEOUT` (8 s). `/healthz` answers 503 until the model is loaded",
         "and warmed up (the HEALTHCHECK uses it); `docker stop` (SIGTERM) drains in-flight requests and exits 0.",
         "",
-        "## Contents", "",
+        "## Contents",
+        "",
         *[f"- `{f}`" for f in b.files],
         "",
     ]
@@ -240,8 +269,9 @@ def write_bundle(cfg: BundleConfig) -> Bundle:
     target = resolve_target(cfg.target)
     backend = cfg.backend or target.default_backend
     if backend not in target.backends:
-        raise MetaedgeError(f"target {target.name} bundles support backends {', '.join(target.backends)}, not {backend!r}",
-                            f"pass --backend {target.default_backend}")
+        raise MetaedgeError(
+            f"target {target.name} bundles support backends {', '.join(target.backends)}, not {backend!r}", f"pass --backend {target.default_backend}"
+        )
     art = Path(cfg.artifact)
     manifest = load_manifest(art)
     spec = manifest.get("model") or {}
@@ -265,8 +295,14 @@ def write_bundle(cfg: BundleConfig) -> Bundle:
     image = cfg.tag or f"metaedge/{model_name}:{target.name}"
     template = "tensorrt.Dockerfile" if backend == "tensorrt" else "python.Dockerfile"
     text = resources.files("metaedge.deploy.bundle").joinpath("templates", template).read_text()
-    for key, value in {"MODEL": model_name, "TARGET": target.name, "PLATFORM": target.platform, "BACKEND": backend,
-                       "BASE_IMAGE": target.base_image, "THREADS": str(cfg.threads)}.items():
+    for key, value in {
+        "MODEL": model_name,
+        "TARGET": target.name,
+        "PLATFORM": target.platform,
+        "BACKEND": backend,
+        "BASE_IMAGE": target.base_image,
+        "THREADS": str(cfg.threads),
+    }.items():
         text = text.replace(f"@@{key}@@", value)
 
     (out / "Dockerfile").write_text(text)
@@ -291,10 +327,19 @@ def write_bundle(cfg: BundleConfig) -> Bundle:
     files = tuple(sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) + ["README.md", "bundle.json"])
     bundle = Bundle(out, target, backend, model_rel, image, tuple(sorted(files)), commands)
     atomic_write_text(out / "README.md", _readme(bundle, spec, target.base_image))
-    atomic_write_json(out / "bundle.json", {
-        "schema_version": 1, "target": asdict(target), "backend": backend, "model": model_rel, "image": image,
-        "base_image": base, "commands": commands, "files": list(bundle.files),
-    })
+    atomic_write_json(
+        out / "bundle.json",
+        {
+            "schema_version": 1,
+            "target": asdict(target),
+            "backend": backend,
+            "model": model_rel,
+            "image": image,
+            "base_image": base,
+            "commands": commands,
+            "files": list(bundle.files),
+        },
+    )
     # Atomic writes create 0600 files; the image runs as a non-root user, which must read them.
     for p in out.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
@@ -319,8 +364,9 @@ def _has_buildx(exe: str, env: dict[str, str] | None) -> bool:
     return subprocess.run([exe, "buildx", "version"], capture_output=True, env=env).returncode == 0
 
 
-def build_bundle(bundle: Bundle, docker: str = "docker", base_image: str | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 3600, quiet: bool = False) -> subprocess.CompletedProcess:
+def build_bundle(
+    bundle: Bundle, docker: str = "docker", base_image: str | None = None, env: dict[str, str] | None = None, timeout: float = 3600, quiet: bool = False
+) -> subprocess.CompletedProcess:
     """Run the bundle's ``docker build`` (emulated through QEMU for a foreign platform)."""
     reason = docker_reachable(docker, env)
     if reason:
@@ -344,6 +390,8 @@ def build_bundle(bundle: Bundle, docker: str = "docker", base_image: str | None 
     r = subprocess.run(args, capture_output=quiet, text=True, env=env, timeout=timeout)
     if r.returncode != 0:
         tail = (r.stderr or "").strip().splitlines()[-5:] if quiet else []
-        raise MetaedgeError(f"docker build of {bundle.image} failed (exit {r.returncode}) {' | '.join(tail)}",
-                            "see the build output above; README.md in the bundle has the command")
+        raise MetaedgeError(
+            f"docker build of {bundle.image} failed (exit {r.returncode}) {' | '.join(tail)}",
+            "see the build output above; README.md in the bundle has the command",
+        )
     return r

@@ -4,6 +4,7 @@ The target registry (:mod:`metaedge.targets.registry`) is the source of truth fo
 family, CPU architecture and Docker base image; this module only adds what the bundle needs on top:
 the backends each family's runtime image can carry and the Docker platform of each architecture.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,9 +48,9 @@ def resolve_target(name: str) -> BundleTarget:
     """The bundle recipe for a registry target (a built-in or one from METAEDGE_TARGETS)."""
     target = get_target(name)
     if target.family not in _FAMILY_BACKENDS:
-        raise MetaedgeError(f"target {target.name!r} has family {target.family!r}, which has no bundle recipe",
-                            f"bundles exist for families {', '.join(_FAMILY_BACKENDS)}")
+        raise MetaedgeError(
+            f"target {target.name!r} has family {target.family!r}, which has no bundle recipe", f"bundles exist for families {', '.join(_FAMILY_BACKENDS)}"
+        )
     if target.arch not in _ARCH_PLATFORM:
         raise MetaedgeError(f"target {target.name!r} runs on {target.arch!r}", "bundles are built for x86_64 and aarch64 only")
-    return BundleTarget(target.name, target.family, _ARCH_PLATFORM[target.arch], target.docker_base,
-                        _FAMILY_BACKENDS[target.family], target.is_gpu)
+    return BundleTarget(target.name, target.family, _ARCH_PLATFORM[target.arch], target.docker_base, _FAMILY_BACKENDS[target.family], target.is_gpu)

@@ -7,6 +7,7 @@ and turns a batch of :class:`MeasureInput` into one :class:`MeasureResult` each,
 :func:`metaedge.deploy.measure.runner_for` for the runner that can measure an artifact, and get a
 :class:`NotMeasurable` (a one-line error saying where it can be measured) when none can.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -5,6 +5,7 @@ answer, so results are kept in one JSON file. Writes are atomic (temp file + ren
 by a lock file, so parallel measurement threads and processes never corrupt it; the last writer of
 a given key wins.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -57,8 +58,7 @@ class LatencyCache:
         entry = self.get(model_sha256, target, backend, variant)
         return LatencyStats(**entry["latency"]) if entry and "latency" in entry else None
 
-    def put(self, model_sha256: str, target: str, backend: str, latency: LatencyStats | dict[str, Any],
-            variant: str = "", **extra: Any) -> None:
+    def put(self, model_sha256: str, target: str, backend: str, latency: LatencyStats | dict[str, Any], variant: str = "", **extra: Any) -> None:
         lat = latency.to_dict() if isinstance(latency, LatencyStats) else dict(latency)
         with self._locked():
             data = self._read()

@@ -5,6 +5,7 @@ Reads the input shape from ``/healthz``, POSTs random float32 ``.npy`` batches o
 and times each round trip; an input's ``inputs`` are sent once, untimed, for their logits (parity). The server's own inference time (``latency_ms`` in each answer) is
 kept in ``detail["server"]``, so network + serialization overhead is visible. Torch-free.
 """
+
 from __future__ import annotations
 
 import io
@@ -68,9 +69,12 @@ class HttpRunner(Runner):
                     if isinstance(body.get("latency_ms"), (int, float)):
                         server.append(float(body["latency_ms"]))
                 wall = time.perf_counter() - t_start
-                detail = {"batch": inp.batch, "server": summarize(server).to_dict() if server else None,
-                          "throughput_sps": inp.batch * cfg.timing.repeats / wall if wall > 0 else float("nan"),
-                          "payload_bytes": len(payload)}
+                detail = {
+                    "batch": inp.batch,
+                    "server": summarize(server).to_dict() if server else None,
+                    "throughput_sps": inp.batch * cfg.timing.repeats / wall if wall > 0 else float("nan"),
+                    "payload_bytes": len(payload),
+                }
                 results.append(MeasureResult(summarize(samples), outputs, client.url, wall, inp.tag, detail, tuple(samples)))
             return results
         finally:

@@ -1,6 +1,7 @@
 """Measuring on this machine: a compiled artifact through its backend (:class:`LocalRunner`), and
 the two references every artifact is compared with, PyTorch eager and ONNX Runtime on the ONNX
 file, one thread by default."""
+
 from __future__ import annotations
 
 import time

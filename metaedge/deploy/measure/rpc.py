@@ -6,6 +6,7 @@ under a deadline (:func:`metaedge.targets.rpc.call_with_deadline`). Several devi
 tracker key are measured in parallel, one worker thread (and one RPC session) per free device,
 pulling inputs from a shared queue; results come back in input order.
 """
+
 from __future__ import annotations
 
 import functools
@@ -105,16 +106,14 @@ class RpcRunner(Runner):
         rlib = call_with_deadline(lambda: sess.load_module(remote_name), step, "loading the library", spec)
         dev = sess.cuda(0) if art.extra.get("device", "cpu") == "cuda" else sess.cpu(0)
         vm = call_with_deadline(lambda: relax.VirtualMachine(rlib, dev), step, "creating the VM", spec)
-        xts = [call_with_deadline(functools.partial(tvm.runtime.tensor, s, dev), step, "sending the input", spec)
-               for s in samples_of(inp)]
+        xts = [call_with_deadline(functools.partial(tvm.runtime.tensor, s, dev), step, "sending the input", spec) for s in samples_of(inp)]
 
         def run_main(t: Any) -> np.ndarray:
             return first_output(vm["main"](t))
 
         outputs = None
         if inp.inputs is not None:
-            outputs = np.stack([call_with_deadline(functools.partial(run_main, t), step, "running the model", spec)
-                                for t in xts])
+            outputs = np.stack([call_with_deadline(functools.partial(run_main, t), step, "running the model", spec) for t in xts])
         latency = call_with_deadline(lambda: time_vm(vm, dev, xts[0], cfg.timing), step, "timing the model", spec)
         return MeasureResult(latency, outputs, str(spec), time.perf_counter() - t0, inp.tag)
 
@@ -122,7 +121,6 @@ class RpcRunner(Runner):
 def _check(inp: MeasureInput) -> None:
     if inp.artifact is None or inp.artifact.backend != "tvm":
         what = inp.artifact.backend if inp.artifact is not None else "a model without an artifact"
-        raise NotMeasurable(f"{what} cannot be measured over TVM RPC",
-                            "measure it with the device runner (metaedge deploy, then metaedge profile --url)")
+        raise NotMeasurable(f"{what} cannot be measured over TVM RPC", "measure it with the device runner (metaedge deploy, then metaedge profile --url)")
     if not Path(inp.artifact.path).is_file():
         raise MetaedgeError(f"{inp.artifact.path} does not exist", "compile the model first (metaedge compile --target ... )")

@@ -4,6 +4,7 @@ This package (plus ``metaedge.errors``, ``metaedge.latency`` and ``metaedge.arti
 deployment bundle ships to the device. It must never import torch: devices run ONNX Runtime, TVM's
 runtime or TensorRT only. Entry point: ``python -m metaedge.deploy.runtime serve|run``.
 """
+
 from __future__ import annotations
 
 from metaedge.deploy.runtime.errors import InputError

@@ -5,6 +5,7 @@ chose (``manifest["compiled"][target]["chosen"]``) for a target that runs on thi
 ONNX Runtime on ``model.onnx``. A library built for another architecture or for a GPU this machine
 lacks is never picked (``dlopen`` of an aarch64 ``.so`` on x86 kills the server before ``/healthz``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,8 +55,8 @@ def _refuse_foreign(root: Path, path: Path, backend: str, host: Host) -> None:
     if arch is not None:
         raise MetaedgeError(
             f"{_rel(root, path)} is an {arch} library and this machine is {host.arch}",
-            f"serve model.onnx with --backend onnxruntime, or compile for this machine "
-            f"(metaedge compile --target {_HOST_TARGET.get(host.arch, '<target>')})")
+            f"serve model.onnx with --backend onnxruntime, or compile for this machine (metaedge compile --target {_HOST_TARGET.get(host.arch, '<target>')})",
+        )
 
 
 def _matching_targets(manifest: Mapping[str, Any], host: Host) -> Tuple[List[Tuple[str, Mapping[str, Any]]], List[str]]:
@@ -113,8 +114,14 @@ def _tvm_libraries(root: Path, manifest: Mapping[str, Any], host: Host) -> Tuple
     return ok, rejected
 
 
-def choose_model(root: Path, manifest: Mapping[str, Any], backend: Optional[str] = None, model: Optional[str] = None,
-                 host: Optional[Host] = None, importable: Callable[[str], bool] = _importable) -> Choice:
+def choose_model(
+    root: Path,
+    manifest: Mapping[str, Any],
+    backend: Optional[str] = None,
+    model: Optional[str] = None,
+    host: Optional[Host] = None,
+    importable: Callable[[str], bool] = _importable,
+) -> Choice:
     """Decide the file and backend to serve; ``reason`` says why (the runner prints it)."""
     if backend is not None and backend not in ENGINES:
         raise MetaedgeError(f"unknown runtime backend {backend!r}", f"choose one of: {', '.join(ENGINES)}")
@@ -159,8 +166,9 @@ def choose_model(root: Path, manifest: Mapping[str, Any], backend: Optional[str]
     return _fallback(root, manifest, backend, host, importable, others, skipped)
 
 
-def _fallback(root: Path, manifest: Mapping[str, Any], backend: Optional[str], host: Host,
-              importable: Callable[[str], bool], others: List[str], skipped: List[str]) -> Choice:
+def _fallback(
+    root: Path, manifest: Mapping[str, Any], backend: Optional[str], host: Host, importable: Callable[[str], bool], others: List[str], skipped: List[str]
+) -> Choice:
     if others and not skipped:
         why = f"no compiled target runs on this {host.arch} machine (compiled for: {', '.join(others)})"
     elif skipped:
@@ -177,8 +185,8 @@ def _fallback(root: Path, manifest: Mapping[str, Any], backend: Optional[str], h
         seen = f" ({', '.join(rejected)})" if rejected else ""
         raise MetaedgeError(
             f"no TVM library for this {host.arch} machine in {root}{seen}",
-            f"compile for this machine (metaedge compile --target {_HOST_TARGET.get(host.arch, '<target>')}) "
-            "or serve model.onnx with --backend onnxruntime")
+            f"compile for this machine (metaedge compile --target {_HOST_TARGET.get(host.arch, '<target>')}) or serve model.onnx with --backend onnxruntime",
+        )
     if backend == "tensorrt" or (backend is None and importable("tensorrt")):
         engines: List[Path] = sorted(root.glob("*.engine"))
         if backend == "tensorrt":
@@ -190,4 +198,3 @@ def _fallback(root: Path, manifest: Mapping[str, Any], backend: Optional[str], h
         f"no loadable model in {root}" + (f" for backend {backend}" if backend else ""),
         "point --artifact at a directory with model.onnx (or a model compiled for this machine)",
     )
-

@@ -1,4 +1,5 @@
 """Limits and timeouts of the HTTP runner: every resource a client can hold has a bound here."""
+
 from __future__ import annotations
 
 import os
@@ -47,9 +48,15 @@ class ServeConfig:
     quiet: bool = True  # no per-request log lines
 
     def __post_init__(self) -> None:
-        ints = {"workers": self.workers, "backlog": self.backlog, "max_connections": self.max_connections,
-                "queue_limit": self.queue_limit, "max_body_bytes": self.max_body_bytes,
-                "inflight_bytes": self.inflight_bytes, "max_batch": self.max_batch}
+        ints = {
+            "workers": self.workers,
+            "backlog": self.backlog,
+            "max_connections": self.max_connections,
+            "queue_limit": self.queue_limit,
+            "max_body_bytes": self.max_body_bytes,
+            "inflight_bytes": self.inflight_bytes,
+            "max_batch": self.max_batch,
+        }
         bad = [k for k, v in ints.items() if v < 1]
         times = {"read_timeout_s": self.read_timeout_s, "idle_timeout_s": self.idle_timeout_s}
         bad += [k for k, v in times.items() if not v > 0]
@@ -58,5 +65,4 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             bad.append("port")
         if bad:
-            raise MetaedgeError(f"bad serve settings: {', '.join(bad)} out of range",
-                                "use positive limits and timeouts (port 0..65535; 0 picks a free one)")
+            raise MetaedgeError(f"bad serve settings: {', '.join(bad)} out of range", "use positive limits and timeouts (port 0..65535; 0 picks a free one)")

@@ -3,6 +3,7 @@
 Each engine maps one validated float32 batch [N, C, H, W] to logits [N, K]. Runtimes are imported
 lazily so a device only needs the one it uses. Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -167,8 +168,7 @@ class TensorRTEngine(Engine):
 
     name = "tensorrt"
 
-    def __init__(self, path: Path, input_name: str, input_shape: tuple[int, ...], cache_dir: Path | None = None,
-                 max_batch: int = 8, fp16: bool = True) -> None:
+    def __init__(self, path: Path, input_name: str, input_shape: tuple[int, ...], cache_dir: Path | None = None, max_batch: int = 8, fp16: bool = True) -> None:
         super().__init__()
         try:
             import tensorrt as trt
@@ -265,8 +265,7 @@ class TensorRTEngine(Engine):
 ENGINES = ("onnxruntime", "tvm", "tensorrt")
 
 
-def open_engine(backend: str, path: Path, input_name: str, input_shape: tuple[int, ...], threads: int = 1,
-                cache_dir: Path | None = None) -> Engine:
+def open_engine(backend: str, path: Path, input_name: str, input_shape: tuple[int, ...], threads: int = 1, cache_dir: Path | None = None) -> Engine:
     if backend == "onnxruntime":
         return OrtEngine(path, input_name, threads)
     if backend == "tvm":

@@ -1,4 +1,5 @@
 """Errors a client caused (bad input): the server answers them with HTTP 4xx, never a crash."""
+
 from __future__ import annotations
 
 __all__ = ["InputError", "UnsupportedContentType"]

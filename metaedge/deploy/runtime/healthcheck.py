@@ -3,6 +3,7 @@
 Used by the bundles' Docker HEALTHCHECK (slim images have no curl). The server answers 503 until
 the model is loaded and warmed up, and again while it drains after SIGTERM.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ architecture a shared library was built for (read from its ELF header, so nothin
 
 Stdlib only: the device runtime must not import ``metaedge.targets`` (not shipped in bundles).
 """
+
 from __future__ import annotations
 
 import platform
@@ -18,8 +19,7 @@ _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64"
 _ELF_MACHINES = {3: "i686", 40: "armv7l", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 _GPU_NODES = ("/dev/nvidia0", "/dev/nvhost-ctrl", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")
 # Built-in target names -> (arch, GPU) for manifests written before compile recorded the arch.
-_BUILTIN_TARGETS = {"x86": ("x86_64", False), "arm64": ("aarch64", False), "rpi4": ("aarch64", False),
-                    "cuda": ("x86_64", True)}
+_BUILTIN_TARGETS = {"x86": ("x86_64", False), "arm64": ("aarch64", False), "rpi4": ("aarch64", False), "cuda": ("x86_64", True)}
 
 
 def normalize_arch(name: str) -> str:

@@ -5,6 +5,7 @@ bodies only (chunked uploads are refused with 411).
 Limits are enforced while reading, so a client can never make the server buffer more than
 ``MAX_HEAD_BYTES`` of headers; the caller bounds the time each phase may take.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-__all__ = ["MAX_HEAD_BYTES", "HttpError", "Request", "json_response", "read_body", "read_head", "read_request_line",
-           "response"]
+__all__ = ["MAX_HEAD_BYTES", "HttpError", "Request", "json_response", "read_body", "read_head", "read_request_line", "response"]
 
 MAX_HEAD_BYTES = 32 << 10  # request line + headers
 MAX_HEADERS = 100
@@ -127,14 +127,18 @@ async def read_body(reader: asyncio.StreamReader, length: int) -> bytes:
         raise ConnectionResetError("client closed the connection mid-body") from None
 
 
-def response(status: int, body: bytes, content_type: str = "application/json", keep_alive: bool = True,
-             headers: Iterable[Tuple[str, str]] = ()) -> bytes:
+def response(status: int, body: bytes, content_type: str = "application/json", keep_alive: bool = True, headers: Iterable[Tuple[str, str]] = ()) -> bytes:
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    lines = [f"HTTP/1.1 {status} {reason}", "Server: metaedge-runtime/2", f"Content-Type: {content_type}",
-             f"Content-Length: {len(body)}", f"Connection: {'keep-alive' if keep_alive else 'close'}"]
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        "Server: metaedge-runtime/2",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        f"Connection: {'keep-alive' if keep_alive else 'close'}",
+    ]
     lines += [f"{k}: {v}" for k, v in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 

@@ -1,4 +1,5 @@
 """Decode inputs: ``.npy`` bytes/files and images (resized and normalized per the manifest)."""
+
 from __future__ import annotations
 
 import io
@@ -10,8 +11,7 @@ import numpy as np
 from metaedge.deploy.runtime.errors import InputError, UnsupportedContentType
 from metaedge.deploy.runtime.spec import ModelSpec
 
-__all__ = ["IMAGE_SUFFIXES", "IMAGE_TYPES", "NPY_TYPES", "decode_request", "load_image", "load_input_file",
-           "npy_from_bytes"]
+__all__ = ["IMAGE_SUFFIXES", "IMAGE_TYPES", "NPY_TYPES", "decode_request", "load_image", "load_input_file", "npy_from_bytes"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm")
 NPY_TYPES = ("application/x-npy", "application/octet-stream")

@@ -8,6 +8,7 @@ with malformed ones; ``open_slow_sockets`` holds half-sent requests open. The lo
 
     python -m metaedge.deploy.runtime.loadgen http://127.0.0.1:8080 --requests 2000 --clients 32
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,7 @@ from metaedge.latency import summarize
 
 __all__ = ["MALFORMED_KINDS", "Job", "Reply", "make_jobs", "open_slow_sockets", "run_load", "summary"]
 
-MALFORMED_KINDS = ("empty", "broken_json", "ragged", "wrong_shape", "nan", "overflow", "bad_npy", "float64_npy",
-                   "wrong_type")
+MALFORMED_KINDS = ("empty", "broken_json", "ragged", "wrong_shape", "nan", "overflow", "bad_npy", "float64_npy", "wrong_type")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def _malformed(kind: str, chw: Tuple[int, int, int], rng: np.random.Generator) -
     if kind == "empty":
         return Job(b"", "application/json", kind)
     if kind == "broken_json":
-        return Job(_json(x)[: 40], "application/json", kind)
+        return Job(_json(x)[:40], "application/json", kind)
     if kind == "ragged":
         rows = x.tolist()
         rows[0][0][0] = rows[0][0][0][:-1]
@@ -131,8 +131,7 @@ class _Client:
         if self.sock is None:
             self.sock = socket.create_connection(self.addr, timeout=self.timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        head = (f"POST /infer HTTP/1.1\r\nHost: {self.addr[0]}\r\nContent-Type: {job.content_type}\r\n"
-                f"Content-Length: {len(job.body)}\r\n\r\n").encode()
+        head = (f"POST /infer HTTP/1.1\r\nHost: {self.addr[0]}\r\nContent-Type: {job.content_type}\r\nContent-Length: {len(job.body)}\r\n\r\n").encode()
         self.sock.sendall(head + job.body)
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._recv()
@@ -149,8 +148,7 @@ class _Client:
         return status, body
 
 
-def run_load(host: str, port: int, jobs: Sequence[Job], clients: int = 32, timeout: float = 30.0,
-             deadline_s: Optional[float] = None) -> List[Reply]:
+def run_load(host: str, port: int, jobs: Sequence[Job], clients: int = 32, timeout: float = 30.0, deadline_s: Optional[float] = None) -> List[Reply]:
     """Send every job once over ``clients`` concurrent keep-alive connections; replies in job order.
     Failed connections are recorded (status None), never retried. ``deadline_s`` bounds the run."""
     replies: List[Optional[Reply]] = [None] * len(jobs)
@@ -193,8 +191,7 @@ def open_slow_sockets(host: str, port: int, n: int) -> List[socket.socket]:
         if i % 2:
             s.sendall(b"POST /infer HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\nContent-Le")
         else:
-            s.sendall(b"POST /infer HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 1000\r\n\r\n{\"input\": [[[")
+            s.sendall(b'POST /infer HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"input": [[[')
         socks.append(s)
     return socks
 
@@ -207,9 +204,13 @@ def summary(jobs: Sequence[Job], replies: Sequence[Reply], wall_s: float) -> Dic
         statuses[key] = statuses.get(key, 0) + 1
     lat = summarize(ok) if ok else None
     return {
-        "requests": len(replies), "wall_s": round(wall_s, 3), "requests_per_s": round(len(replies) / wall_s, 1),
-        "statuses": statuses, "failed": statuses.get("failed", 0),
-        "good_p50_ms": round(lat.p50_ms, 3) if lat else None, "good_p99_ms": round(lat.p99_ms, 3) if lat else None,
+        "requests": len(replies),
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(replies) / wall_s, 1),
+        "statuses": statuses,
+        "failed": statuses.get("failed", 0),
+        "good_p50_ms": round(lat.p50_ms, 3) if lat else None,
+        "good_p99_ms": round(lat.p99_ms, 3) if lat else None,
     }
 
 

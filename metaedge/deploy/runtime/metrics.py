@@ -1,4 +1,5 @@
 """Request counters, batch sizes and windows of recent per-stage latencies for ``/metrics``."""
+
 from __future__ import annotations
 
 import threading
@@ -40,8 +41,7 @@ class Metrics:
         self.batches = 0
         self.batched_requests = 0
 
-    def record(self, status: int, request_ms: float, infer_ms: Optional[float] = None, batch: int = 0,
-               queue_ms: Optional[float] = None) -> None:
+    def record(self, status: int, request_ms: float, infer_ms: Optional[float] = None, batch: int = 0, queue_ms: Optional[float] = None) -> None:
         with self._lock:
             self.requests += 1
             if status < 400:

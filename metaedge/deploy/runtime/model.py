@@ -1,4 +1,5 @@
 """Open an artifact directory: pick the model file and backend, check its hash, wrap the engine."""
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,9 @@ from metaedge.errors import MetaedgeError
 __all__ = ["LoadedModel", "load_model", "resolve_model_file"]
 
 
-def resolve_model_file(root: Path, manifest: dict[str, Any], backend: str | None = None,
-                       model: str | None = None, host: Host | None = None) -> tuple[Path, str]:
+def resolve_model_file(
+    root: Path, manifest: dict[str, Any], backend: str | None = None, model: str | None = None, host: Host | None = None
+) -> tuple[Path, str]:
     """(file, backend) to load; see :func:`choose_model` for the order and the reason."""
     choice = choose_model(root, manifest, backend, model, host)
     return choice.path, choice.backend
@@ -87,13 +89,13 @@ class LoadedModel:
         }
 
 
-def load_model(artifact: str | Path, backend: str | None = None, model: str | None = None, threads: int = 1,
-               cache_dir: str | Path | None = None, host: Host | None = None) -> LoadedModel:
+def load_model(
+    artifact: str | Path, backend: str | None = None, model: str | None = None, threads: int = 1, cache_dir: str | Path | None = None, host: Host | None = None
+) -> LoadedModel:
     root = Path(artifact)
     manifest = load_manifest(root)
     spec = ModelSpec.from_manifest(manifest)
     choice = choose_model(root, manifest, backend, model, host)
     _check_hash(root, choice.path, manifest)
-    engine = open_engine(choice.backend, choice.path, spec.input_name, spec.input_shape, threads,
-                         Path(cache_dir) if cache_dir else None)
+    engine = open_engine(choice.backend, choice.path, spec.input_name, spec.input_shape, threads, Path(cache_dir) if cache_dir else None)
     return LoadedModel(spec, engine, choice.path, choice.backend, choice.reason, choice.target, root)

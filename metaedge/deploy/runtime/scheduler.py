@@ -6,6 +6,7 @@ back. One worker gathers at a time while the others run their batches, so gather
 inference. Callers get a :class:`concurrent.futures.Future` (``asyncio.wrap_future`` awaits it).
 The queue itself is unbounded: the server bounds it by admitting at most ``queue_limit`` requests.
 """
+
 from __future__ import annotations
 
 import threading
@@ -36,8 +37,14 @@ class _Item:
 
 
 class Scheduler:
-    def __init__(self, infer: Callable[[np.ndarray], Tuple[np.ndarray, float]], workers: int = 1, max_batch: int = 1,
-                 timeout_ms: float = 0.0, on_batch: Optional[Callable[[int, int], None]] = None) -> None:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], Tuple[np.ndarray, float]],
+        workers: int = 1,
+        max_batch: int = 1,
+        timeout_ms: float = 0.0,
+        on_batch: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         self._infer = infer
         self.max_batch = max(1, max_batch)
         self._timeout_s = max(0.0, timeout_ms) / 1e3
@@ -47,8 +54,7 @@ class Scheduler:
         self._gather_lock = threading.Lock()
         self._stopping = False
         self.max_depth = 0
-        self._threads = [threading.Thread(target=self._work, name=f"metaedge-infer-{i}", daemon=True)
-                         for i in range(max(1, workers))]
+        self._threads = [threading.Thread(target=self._work, name=f"metaedge-infer-{i}", daemon=True) for i in range(max(1, workers))]
         for t in self._threads:
             t.start()
 
@@ -116,7 +122,7 @@ class Scheduler:
         start = 0
         for it in items:
             n = it.x.shape[0]
-            _settle(it.future, Result(logits[start:start + n], (t0 - it.t_submit) * 1e3, infer_ms, int(x.shape[0])))
+            _settle(it.future, Result(logits[start : start + n], (t0 - it.t_submit) * 1e3, infer_ms, int(x.shape[0])))
             start += n
 
 

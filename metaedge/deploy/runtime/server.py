@@ -14,6 +14,7 @@ Lifecycle: ``/healthz`` answers 503 until :meth:`InferenceServer.set_model` has 
 model; :meth:`shutdown` (SIGTERM in the CLI) stops accepting, lets in-flight requests finish for up
 to ``drain_timeout_s`` and closes idle connections.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -185,8 +186,7 @@ class InferenceServer:
         self._stop = asyncio.Event()
         if self._stop_early or self._state == "draining":
             self._stop.set()
-        server = await asyncio.start_server(self._on_connection, sock=self._sock, backlog=self.config.backlog,
-                                            limit=http11.MAX_HEAD_BYTES)
+        server = await asyncio.start_server(self._on_connection, sock=self._sock, backlog=self.config.backlog, limit=http11.MAX_HEAD_BYTES)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._begin_stop)
@@ -263,8 +263,7 @@ class InferenceServer:
             await writer.drain()
             conn.disarm()
 
-    async def _error_and_close(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                               exc: HttpError) -> None:
+    async def _error_and_close(self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, exc: HttpError) -> None:
         """Answer, then close gracefully: half-close, and read what the client still sends for a
         moment, so an unread request body does not turn the close into a TCP reset."""
         conn.disarm()
@@ -280,8 +279,7 @@ class InferenceServer:
             budget -= len(data)
 
     # --- requests ----------------------------------------------------------------------------
-    async def _handle(self, conn: _Conn, req: Request, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> bool:
+    async def _handle(self, conn: _Conn, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; True when the connection stays open for the next one."""
         t0 = time.perf_counter()
         keep = req.keep_alive and self._state != "draining"
@@ -314,15 +312,18 @@ class InferenceServer:
         gauges = {
             "backend": self.model.backend if self.model is not None else None,
             "state": self._state,
-            "queue": {"depth": sched.depth if sched else 0, "max_depth": sched.max_depth if sched else 0,
-                      "in_flight": self._admitted, "limit": self.config.queue_limit},
+            "queue": {
+                "depth": sched.depth if sched else 0,
+                "max_depth": sched.max_depth if sched else 0,
+                "in_flight": self._admitted,
+                "limit": self.config.queue_limit,
+            },
             "open_connections": len(self._conns),
             "batching": self.batching,
         }
         return self.metrics.snapshot(gauges)
 
-    async def _infer(self, conn: _Conn, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     t0: float, keep: bool) -> bool:
+    async def _infer(self, conn: _Conn, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, t0: float, keep: bool) -> bool:
         cfg = self.config
         try:
             length = req.content_length(required=True)
@@ -372,8 +373,12 @@ class InferenceServer:
                 x = await asyncio.get_running_loop().run_in_executor(self._pool, decode_request, body, ctype, model.spec)
             res = await asyncio.wrap_future(sched.submit(x))
             answer = {
-                "logits": res.logits, "shape": list(res.logits.shape), "latency_ms": res.infer_ms,
-                "queue_ms": res.queue_ms, "batch": res.batch, "backend": model.backend,
+                "logits": res.logits,
+                "shape": list(res.logits.shape),
+                "latency_ms": res.infer_ms,
+                "queue_ms": res.queue_ms,
+                "batch": res.batch,
+                "backend": model.backend,
             }
             return 200, answer, {"infer": res.infer_ms, "queue": res.queue_ms, "samples": x.shape[0]}
         except UnsupportedContentType as exc:
@@ -416,8 +421,9 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def make_server(model: Optional[LoadedModel], host: str = "127.0.0.1", port: int = 8080, quiet: bool = True,
-                config: Optional[ServeConfig] = None) -> InferenceServer:
+def make_server(
+    model: Optional[LoadedModel], host: str = "127.0.0.1", port: int = 8080, quiet: bool = True, config: Optional[ServeConfig] = None
+) -> InferenceServer:
     """A bound server for ``model`` (None: load later with ``set_model``; /healthz says 503 until then)."""
     if config is None:
         config = ServeConfig(host=host, port=port, quiet=quiet)

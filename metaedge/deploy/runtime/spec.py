@@ -1,4 +1,5 @@
 """What the model expects, read from the artifact manifest, and input validation against it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,4 +107,3 @@ class ModelSpec:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-

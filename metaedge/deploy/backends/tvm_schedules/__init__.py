@@ -15,6 +15,7 @@ ResNet-20 28x28 0.94 ms vs ONNX Runtime 0.91 ms; MobileNetV2 28x28 5.7 ms vs 3.5
 MetaSchedule tuning starts from these schedules (they are committed to the tuning database as
 measured records), so a tuned model is never slower than the default.
 """
+
 from __future__ import annotations
 
 from metaedge.deploy.backends.tvm_schedules.conv_nhwc import ConvNHWC

@@ -1,4 +1,5 @@
 """Small helpers shared by the schedule rules."""
+
 from __future__ import annotations
 
 from tvm import s_tir, tirx

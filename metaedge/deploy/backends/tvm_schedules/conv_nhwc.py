@@ -11,6 +11,7 @@ would put a bounds test into the inner loop.
 Tile sizes were picked by measurement on ResNet-20 and MobileNetV2 at 16x16 and 28x28 (one
 thread, AVX2): 8 lanes x up to 8 pixels beat 16x4, 16x8, 32x4 and 8x16 by 1.3-2x.
 """
+
 from __future__ import annotations
 
 from tvm import s_tir
@@ -35,8 +36,8 @@ class ConvNHWC(DeclineOnError):
         if len(reductions) != 1 or "O" in kinds[reductions[0]]:
             return None
         at = reductions[0]
-        conv, producers, epilogue = blocks[at], blocks[:at], blocks[at + 1:]
-        if any("R" in k or "O" in k for k in kinds[:at] + kinds[at + 1:]):
+        conv, producers, epilogue = blocks[at], blocks[:at], blocks[at + 1 :]
+        if any("R" in k or "O" in k for k in kinds[:at] + kinds[at + 1 :]):
             return None
         loops = sch.get_loops(conv)
         if len(loops) != len(kinds[at]):

@@ -5,6 +5,7 @@
 transpose. Inlining every block into the last turns that chain back into one elementwise loop in
 the tensor's own layout; its innermost loop is then vectorised.
 """
+
 from __future__ import annotations
 
 from tvm import s_tir
