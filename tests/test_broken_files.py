@@ -149,6 +149,14 @@ def _cases():
         cases.append((f"profile-{x}", lambda f, o, x=x: ["profile", str(f[x])]))
         cases.append((f"compile-{x}", lambda f, o, x=x: ["compile", str(f[x]), "--target", "x86", "--backend", "onnxruntime", "--out", o]))
         cases.append((f"tune-{x}", lambda f, o, x=x: ["tune", str(f[x]), "--target", "x86", "--trials", "1", "--tuning-dir", o]))
+    # sweep takes the same files as compress; its first point (the baseline) must fail on them the same way
+    sweep = ["sweep", "--prune-macs", "0.5", "--quant", "off", *_FAST[:8], "--target", "none"]
+    for w in ("random", "zip_not_torch"):
+        cases.append((f"sweep-weights-{w}", lambda f, o, w=w: [*sweep, "--weights", str(f[w]), "--sweep-dir", o, "--cache-dir", o]))
+    for c in configs:
+        cases.append((f"sweep-config-{c}", lambda f, o, c=c: [*sweep, "--config", str(f[c]), "--sweep-dir", o, "--cache-dir", o]))
+    for d in ("npz_random", "npz_nan", "npz_one_class"):
+        cases.append((f"sweep-data-{d}", lambda f, o, d=d: [*sweep, "--data", str(f[d]), "--sweep-dir", o, "--cache-dir", o]))
     for a in artifacts:
         cases.append((f"profile-{a}", lambda f, o, a=a: ["profile", str(f[a])]))
         cases.append((f"compile-{a}", lambda f, o, a=a: ["compile", str(f[a]), "--target", "x86", "--backend", "onnxruntime"]))
