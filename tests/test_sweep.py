@@ -117,6 +117,17 @@ TINY = [
 ]
 
 
+def test_unreachable_budget_fails_before_any_point_runs(tmp_path, capsys):
+    from metaedge.cli.main import main
+
+    # width 0.5 at 8x8 with channel multiple 8: the narrowest network keeps ~77% of the MACs
+    args = [a if a != "0.8,0.5" else "0.8,0.1" for a in TINY]
+    assert main(["sweep", *args, "--sweep-dir", str(tmp_path / "sweep"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "below the narrowest network" in err[0], err
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "cache").exists()  # nothing trained, nothing written
+
+
 def test_sweep_two_budgets_one_pruningnet_resume_after_kill_and_pick(tmp_path):
     sweep, cache, picked = tmp_path / "sweep", tmp_path / "cache", tmp_path / "picked"
     args = [*TINY, "--sweep-dir", str(sweep), "--cache-dir", str(cache)]

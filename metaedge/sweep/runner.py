@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -125,9 +125,10 @@ def _ordered_groups(points: list[SweepPoint]) -> list[list[SweepPoint]]:
 
 def run_sweep(cfg: SweepConfig, log: Log = print, quiet: bool = False) -> SweepResult:
     root = Path(cfg.base.out)
-    root.mkdir(parents=True, exist_ok=True)
     points = plan_points(cfg)
     configs = {p.name: point_config(cfg, p, root) for p in points}
+    check_budgets(configs.values())
+    root.mkdir(parents=True, exist_ok=True)
     summary = _Summary(cfg, root, points)
     todo: list[list[SweepPoint]] = []
     ordered = _ordered_groups(points)
@@ -157,6 +158,18 @@ def run_sweep(cfg: SweepConfig, log: Log = print, quiet: bool = False) -> SweepR
     write_csv(rows, root / FRONTIER_CSV)
     plot_frontier(rows, root / FRONTIER_PNG, frontier_title(cfg))
     return SweepResult(root, rows, summary.write())
+
+
+def check_budgets(configs: Iterable[PipelineConfig]) -> None:
+    """Every point's model and MACs budget checked before anything trains (one data load): a budget
+    the width space cannot reach fails in seconds, not after the points before it have run."""
+    from metaedge.data import load_data
+    from metaedge.pipeline import check_model_and_budget
+
+    todo = list({(str(c.prune_macs), c.pruner): c for c in configs}.values())
+    data = load_data(todo[0].data)  # every point shares the base's data settings
+    for c in todo:
+        check_model_and_budget(c, data)
 
 
 def frontier_title(cfg: SweepConfig) -> str:
