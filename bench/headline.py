@@ -56,7 +56,8 @@ from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager  # 
 from metaedge.zoo import build_model  # noqa: E402
 
 ARCHS = ("resnet20", "mobilenetv2_100")
-BUDGETS = ("0.5", "0.25", "0.1")
+# 0.12, not 0.1: with the bench preset's channel multiple of 8, ResNet-20's narrowest network keeps 11.6% of its MACs
+BUDGETS = ("0.5", "0.25", "0.12")
 GOAL_SPEEDUP = 4.0
 
 
