@@ -28,6 +28,8 @@ _OFF = ("off", "none", "no", "false", "")
 PRUNERS = ("metapruning", "vib", "uniform", "l1", "none")
 LOWRANK = ("off", "tucker")
 QUANTIZERS = ("metaquant", "ste", "lsq", "ptq")
+# MetaQuant's meta networks (compress.metaquant.meta.META_VARIANTS; kept here so the config stays torch-free, a test pins the two equal)
+META_NETS = ("fc", "multifc", "lstmfc")
 _COUNT_SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9}
 
 
@@ -179,6 +181,7 @@ class PipelineConfig:
     quant_profile: str = "auto"  # QDQ export profile: "auto" (tensorrt when a backend needs it), "ort", "tensorrt"
     quant_layer_bits: str = "default"  # per-layer bits: first, last, depthwise at 8 ("uniform": all at --quant's bits)
     quant_kd: float | None = None  # distillation weight from the fp32 model (None: the preset's)
+    quant_meta_net: str | None = None  # MetaQuant's meta network: fc, multifc, lstmfc (None: the quantizer's default, fc)
     targets: tuple[str, ...] = ("x86", "rpi4")
     device: str | None = None  # tracker-host:port/key or host:port for remote measurement
     backend: str = "auto"  # "auto" or comma-separated backend names
@@ -211,6 +214,14 @@ class PipelineConfig:
         parse_bit_policy(self.quant_layer_bits)
         if self.quant_kd is not None and not 0.0 <= float(self.quant_kd) <= 1.0:
             raise MetaedgeError(f"--quant-kd {self.quant_kd} is outside [0, 1]", "pass e.g. --quant-kd 0.5 (0: no distillation)")
+        if self.quant_meta_net is not None:
+            if self.quant_meta_net not in META_NETS:
+                raise MetaedgeError(f"unknown MetaQuant meta network {self.quant_meta_net!r}", f"use --quant-meta-net {', '.join(META_NETS)}")
+            if self.quantizer != "metaquant":
+                raise MetaedgeError(
+                    f"--quant-meta-net picks MetaQuant's meta network, but --quantizer is {self.quantizer}",
+                    "drop --quant-meta-net or pass --quantizer metaquant",
+                )
         if self.prune_preset not in ("demo", "bench", "full") or self.quant_preset not in ("demo", "full"):
             raise MetaedgeError("prune presets are demo, bench or full; quant presets demo or full", "fix --prune-preset / --quant-preset")
         if self.quantizer == "ptq" and self.quant is not None and self.quant != QuantSpec(8, 8):

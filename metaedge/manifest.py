@@ -141,6 +141,7 @@ class QuantStage:
     weight_quantizer: str | None = None
     layer_bits: str | None = None
     kd_alpha: float | None = None
+    meta_net: str | None = None  # MetaQuant's meta network (fc, multifc, lstmfc); None for the other methods
     layers: Any = None
     packed_bytes: int | None = None
     export: dict[str, Any] | None = None

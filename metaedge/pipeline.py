@@ -468,6 +468,7 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
     assert cfg.quant is not None  # the export stage quantizes only when quant is enabled
     wbits, abits = cfg.quant.weight_bits, cfg.quant.act_bits
     kd: dict[str, Any] = {} if cfg.quant_kd is None else {"kd_alpha": cfg.quant_kd}
+    meta: dict[str, Any] = {} if cfg.quant_meta_net is None else {"meta_variant": cfg.quant_meta_net}
     qcfg = replace(
         mq.PRESETS[cfg.quant_preset],
         weight_bits=wbits,
@@ -477,6 +478,7 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
         profile=profile,
         layer_bits=cfg.quant_layer_bits,
         **kd,
+        **meta,
     )
     layer_bits = mq.parse_bit_policy(qcfg.layer_bits).to_spec()
     run.log(
@@ -501,6 +503,7 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
             weight_quantizer=qcfg.effective_weight_quantizer,
             layer_bits=layer_bits,
             kd_alpha=qcfg.kd_alpha,
+            meta_net=qcfg.meta_variant if qcfg.method == "metaquant" else None,
             layers=res.layers,
             packed_bytes=res.packed_bytes,
             export=export,

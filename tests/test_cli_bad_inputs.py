@@ -123,6 +123,7 @@ _TINY = ["--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--e
         (["--epochs", "-1"], "negative"),
         (["--parity-atol", "0"], "must be positive"),
         (["--quant-kd", "2"], "outside [0, 1]"),
+        (["--quantizer", "ste", "--quant-meta-net", "multifc"], "picks MetaQuant's meta network"),
         (["--quant-layer-bits", "first=3"], "bits"),
         (["--width-mult", "0"], "must be positive"),
         (["--pruner", "none"], "nothing to spend the budget on"),

@@ -98,6 +98,19 @@ def test_ste_path(tmp_path, cache):
     assert m["cost"]["macs"] == m["stages"]["baseline"]["macs"]  # not pruned: quantization keeps the MACs
 
 
+def test_metaquant_meta_net_reaches_qat(tmp_path, cache):
+    """--quant-meta-net picks the meta network QAT trains, and the manifest says which."""
+    from metaedge.compress.metaquant.meta import META_VARIANTS
+    from metaedge.config import META_NETS
+
+    assert META_NETS == META_VARIANTS  # the torch-free copy the CLI validates against
+    cfg = _tiny(tmp_path, cache, quant="w4a8", quantizer="metaquant", quant_meta_net="multifc", quant_layer_bits="uniform")
+    result = run_pipeline(cfg, log=lambda m: None, quiet=True)
+    q = result.manifest.stages.quant
+    assert (q.method, q.meta_net) == ("metaquant", "multifc") and result.manifest.export.parity["passed"] is True
+    assert _manifest(cfg)["stages"]["quant"]["meta_net"] == "multifc"
+
+
 def test_qat_cache_key_follows_the_pruned_model():
     """Two latency budgets with the same (default) --prune-macs: different prune keys, so QAT never
     resumes from a checkpoint written for another pruned model."""
@@ -117,6 +130,7 @@ def test_qat_cache_key_follows_the_pruned_model():
     assert quant_cache_key(ka, qcfg) != quant_cache_key(kb, qcfg)
     assert quant_cache_key(ka, qcfg) == quant_cache_key(ka, replace(qcfg))  # same inputs, same key
     assert quant_cache_key(ka, qcfg) != quant_cache_key(ka, replace(qcfg, epochs=qcfg.epochs + 1))
+    assert quant_cache_key(ka, qcfg) != quant_cache_key(ka, replace(qcfg, meta_variant="multifc"))  # another meta network, another checkpoint
     # the same latency budget priced on another target is another pruned model
     c = PipelineConfig(prune_latency="2ms", targets=("rpi4",))
     assert prune_cache_key("base", c, replace(preset, budget_kind="latency", budget=2.0)) != ka

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from metaedge.cli._common import console, positive_int
+from metaedge.config import META_NETS
 
 if TYPE_CHECKING:
     from metaedge.manifest import Manifest
@@ -73,6 +74,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="per-layer weight bits: 'default' (first, last and depthwise layers at 8), 'uniform' (all at --quant's bits), or items like first=8,depthwise=same,layer3.*=4",
     )
     g.add_argument("--quant-kd", type=float, metavar="ALPHA", help="weight of distillation from the fp32 model during QAT, 0..1 (default 0.5; 0: labels only)")
+    g.add_argument(
+        "--quant-meta-net",
+        choices=META_NETS,
+        help="MetaQuant's meta network: fc (default: FC-Grad, the paper's), multifc (element-wise MLP) or lstmfc (LSTM cell; small models only)",
+    )
     g = p.add_argument_group("targets and measurement")
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
@@ -115,6 +121,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "quant_profile",
         "quant_layer_bits",
         "quant_kd",
+        "quant_meta_net",
         "device",
         "backend",
         "tune_trials",

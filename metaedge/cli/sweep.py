@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from metaedge.cli._common import console, positive_int
+from metaedge.config import META_NETS
 
 __all__ = ["add_parser", "run"]
 
@@ -61,6 +62,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-preset", choices=("demo", "bench", "full"))
     g.add_argument("--quantizer", choices=("metaquant", "ste", "lsq", "ptq"))
     g.add_argument("--quant-preset", choices=("demo", "full"))
+    g.add_argument("--quant-meta-net", choices=META_NETS, help="MetaQuant's meta network: fc (default), multifc or lstmfc")
     g.add_argument("--target", action="append", help="target(s) to compile for; the first is the frontier's (default x86 and rpi4)")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
     g.add_argument("--backend", help="auto (default: fastest measured), onnxruntime, tvm, tensorrt")
@@ -78,7 +80,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     o: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("model", "weights", "width_mult", "cache_dir", "prune_preset", "quantizer", "quant_preset", "device", "backend", "tune_trials", "seed")
+        for k in (
+            "model",
+            "weights",
+            "width_mult",
+            "cache_dir",
+            "prune_preset",
+            "quantizer",
+            "quant_preset",
+            "quant_meta_net",
+            "device",
+            "backend",
+            "tune_trials",
+            "seed",
+        )
         if getattr(args, k) is not None
     }
     if args.sweep_dir is not None:
