@@ -20,6 +20,12 @@ def _one_thread_torch():
     yield
 
 
+# The smallest real model the CLI tests train: half-width ResNet-20 on 8x8 inputs (seconds per epoch).
+TINY_MODEL = ("--model", "resnet20", "--width-mult", "0.5", "--input-size", "8")
+# A run that stops after the prune stage: a few hundred images, no QAT, no compile, a short timing.
+PRUNE_ONLY = ("--train-subset", "256", "--quant", "off", "--target", "none", "--repeats", "5", "--warmup", "1")
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``metaedge ARGS`` in a subprocess, exactly as a user would."""
     # One OpenMP thread unless told otherwise: on 2 cores a 2-thread torch process beside any other

@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import TINY_MODEL, run_cli
 from metaedge.cli.main import main
 
 # compress flags that make an accepted file cost seconds, not a training run
 _FAST = [
-    "--model",
-    "resnet20",
-    "--width-mult",
-    "0.5",
-    "--input-size",
-    "8",
+    *TINY_MODEL,
     "--epochs",
     "0",
     "--prune-macs",

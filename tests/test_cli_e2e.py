@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_cli
+from conftest import TINY_MODEL, run_cli
 
 
 def test_compress_foundation_chain(tmp_path):
@@ -61,12 +61,7 @@ def test_compress_full_chain_prune_quant_compile(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     proc = run_cli(
         "compress",
-        "--model",
-        "resnet20",
-        "--width-mult",
-        "0.5",
-        "--input-size",
-        "8",
+        *TINY_MODEL,
         "--epochs",
         "2",
         "--prune-macs",

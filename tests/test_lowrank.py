@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from _prune_models import ALL, randomize_bn, tiny_data
-from conftest import run_cli
+from conftest import PRUNE_ONLY, TINY_MODEL, run_cli
 from metaedge.compress.cost import count_cost
 from metaedge.compress.lowrank import LowRankConfig, RankPlan, candidates, factorize, lowrank_model, plan_ranks, pruning_budget, svd_linear, tucker2_conv
 from metaedge.compress.train import TrainConfig
@@ -108,12 +108,7 @@ def test_cli_tucker_after_pruning_end_to_end(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     proc = run_cli(
         "compress",
-        "--model",
-        "resnet20",
-        "--width-mult",
-        "0.5",
-        "--input-size",
-        "8",
+        *TINY_MODEL,
         "--epochs",
         "1",
         "--pruner",
@@ -122,16 +117,7 @@ def test_cli_tucker_after_pruning_end_to_end(tmp_path):
         "tucker",
         "--prune-macs",
         "0.5",
-        "--train-subset",
-        "256",
-        "--quant",
-        "off",
-        "--target",
-        "none",
-        "--repeats",
-        "5",
-        "--warmup",
-        "1",
+        *PRUNE_ONLY,
         "--out",
         str(out),
         "--cache-dir",

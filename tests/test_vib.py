@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _prune_models import ALL, randomize_bn, tiny_data
-from conftest import run_cli
+from conftest import PRUNE_ONLY, TINY_MODEL, run_cli
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, WidthSpace, materialize
@@ -137,28 +137,14 @@ def test_cli_vib_end_to_end(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     proc = run_cli(
         "compress",
-        "--model",
-        "resnet20",
-        "--width-mult",
-        "0.5",
-        "--input-size",
-        "8",
+        *TINY_MODEL,
         "--epochs",
         "1",
         "--pruner",
         "vib",
         "--prune-macs",
         "0.5",
-        "--train-subset",
-        "256",
-        "--quant",
-        "off",
-        "--target",
-        "none",
-        "--repeats",
-        "5",
-        "--warmup",
-        "1",
+        *PRUNE_ONLY,
         "--out",
         str(out),
         "--cache-dir",
