@@ -103,6 +103,29 @@ def _peer_chain(base_cfg: PipelineConfig, baseline: torch.nn.Module, data, macs:
     }
 
 
+def _latency_vs_macs(rows: list[FrontierRow], root: Path, ort) -> dict:
+    """Every point's fp32 and int8 graphs timed, and ms = a + b * MACs fitted per kind. The intercept a
+    is what batch-1 ONNX Runtime spends whatever the MACs (per-op dispatch, Q/DQ, memory traffic), so
+    baseline ms / a bounds the speed-up any amount of pruning can buy in this runtime."""
+    import numpy as np
+
+    points = []
+    for r in sorted(rows, key=lambda r: -r.macs):
+        d = root / "points" / r.point
+        quantized = r.quant != "off" and (d / "model_fp32.onnx").is_file()
+        entry = {"point": r.point, "macs": r.macs, "fp32_ms": ort(d / ("model_fp32.onnx" if quantized else "model.onnx"))}
+        if quantized:
+            entry["int8_ms"] = ort(d / "model.onnx")
+        points.append(entry)
+    fit = {}
+    for kind in ("fp32", "int8"):
+        pts = [(p["macs"], p[f"{kind}_ms"]) for p in points if f"{kind}_ms" in p]
+        if len({m for m, _ in pts}) >= 2:
+            slope, intercept = np.polyfit([m for m, _ in pts], [ms for _, ms in pts], 1)
+            fit[kind] = {"intercept_ms": float(intercept), "ms_per_mmac": float(slope * 1e6), "points": len(pts)}
+    return {"points": points, "fit": fit}
+
+
 def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
     out = Path(args.out) / arch
     base_cfg = PipelineConfig(
@@ -138,6 +161,7 @@ def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
     ort = lambda p: time_onnxruntime(p, x.numpy(), timing).p50_ms  # noqa: E731
     base_ms, eager_ms, best_ms = ort(base_dir / "model.onnx"), time_torch_eager(baseline, x, timing).p50_ms, ort(best_dir / "model.onnx")
     base_bytes = (base_dir / "model.onnx").stat().st_size
+    latency_model = _latency_vs_macs(sweep.rows, sweep.root, ort)
 
     def ratios(ms: float, path: Path) -> dict:
         return {"speedup_ort": base_ms / ms, "speedup_over_eager": eager_ms / ms, "size_reduction": base_bytes / path.stat().st_size}
@@ -162,6 +186,7 @@ def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
             **ratios(best_ms, best_dir / "model.onnx"),
         },
         "frontier": [asdict(r) for r in sweep.rows],
+        "latency_vs_macs": latency_model,
         "pruningnets": sweep.summary["pruningnets"],
         "seconds": round(time.perf_counter() - t0, 1),
         "tools": base_manifest.get("tools", {}),
@@ -224,6 +249,20 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             )
         else:
             lines.append(f"| {r['arch']} | Torch-Pruning L1 + ORT PTQ | skipped: {p.get('skipped')} | | | | | |")
+    lines += [
+        "",
+        "Latency against MACs (every sweep point's fp32 and int8 graph timed in the same run; least-squares ms = a + b * MMACs): "
+        "a is spent whatever the MACs, so baseline ms / a bounds what pruning can buy in this runtime at this input size.",
+        "",
+        "| network | graph | a (ms) | b (ms per MMAC) | baseline ms / a | points |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for kind, f in (r.get("latency_vs_macs") or {}).get("fit", {}).items():
+            lines.append(
+                f"| {r['arch']} | {kind} | {f['intercept_ms']:.3f} | {f['ms_per_mmac']:.4f} | "
+                f"{r['baseline']['ort_fp32_ms'] / f['intercept_ms'] if f['intercept_ms'] > 0 else float('inf'):.1f}x | {f['points']} |"
+            )
     lines += ["", "Settings per network:"] + [_settings_line(r) for r in results if "settings" in r]
     lines += ["", f"Goal: metaedge's best point within 1 point at >= {GOAL_SPEEDUP:.0f}x the baseline's ONNX Runtime speed, ahead of the peer chain."]
     for r in results:
