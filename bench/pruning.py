@@ -9,9 +9,10 @@ same for every method:
   repairs candidates into [0.95, 1] x budget; uniform widens its narrowest groups one step at a
   time; random is repaired like the search; Torch-Pruning's global ratio is bisected; VIB adds the
   most informative channel steps while they fit; Tucker adds rank steps while they fit);
-- start: width-vector methods (metapruning, uniform, random) start from the better on validation of
-  the PruningNet's generated weights and the baseline's first-k channels (BN re-estimated on the
-  same batches); L1 methods start from their own kept channels;
+- start: width-vector methods (metapruning, uniform, random) are fine-tuned from the PruningNet's
+  generated weights and from the baseline's largest-L1 channels for their widths (BN re-estimated on
+  the same batches), and the better on validation after the fine-tune is kept (PruneConfig.best_starts);
+  L1 methods start from their own kept channels;
 - the same fine-tune (epochs, lr, batch, KD) and seeds; rank on the 10k test split only.
 
 Methods:
@@ -308,11 +309,17 @@ def main(argv: list[str] | None = None) -> int:
                                 pn = PruningNet(model, analysis, hidden=pcfg.hidden, init_from_model=pcfg.init_from_model)
                                 pn.load_state_dict(torch.load(shared, map_location="cpu", weights_only=True)["model"])
                                 pn.eval()
-                            starts = {k: start_model(k, model, analysis, widths, recalib, pn=pn) for k in ("generated", "inherited")}
+                            # MetaPruning's rule (PruneConfig.best_starts): every start fine-tuned, the better on val after it kept
+                            starts = {k: start_model(k, model, analysis, widths, recalib, pn=pn) for k in pcfg.best_starts}
                             accs = {k: evaluate(m, val_loader) for k, m in starts.items()}
-                            init = max(starts, key=lambda k: (accs[k], k == "generated"))
-                            small, extra = starts[init], {"start": init, "start_acc": accs}
-                        fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
+                            tuned = {}
+                            for k, m in starts.items():
+                                fit(m, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
+                                tuned[k] = evaluate(m.eval(), val_loader)
+                            init = max(starts, key=lambda k: (tuned[k], k == "generated"))
+                            small, extra = starts[init], {"start": init, "start_acc": accs, "finetuned_acc": tuned}
+                        if method == "l1":
+                            fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
                     small.eval()
                     c = count_cost(small, data.input_shape)
                     row = {

@@ -391,6 +391,7 @@ def _run_pruner(
             "search_log": str(res.search_log),
             "start": res.init,
             "start_accuracy": res.start_accuracy,
+            "finetuned_accuracy": res.finetuned_accuracy,
             "seconds": res.seconds,
         }
         if res.rank_check is not None:

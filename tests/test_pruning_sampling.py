@@ -13,6 +13,7 @@ from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, materialize, prune_model
 from metaedge.compress.metapruning.diagnostic import rank_check, spearman
+from metaedge.compress.metapruning.materialize import l1_keep
 from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.starts import start_model
 from metaedge.compress.metapruning.training import PNTrainConfig, recalib_batches, train_pruningnet
@@ -96,6 +97,11 @@ def test_starts_generated_inherited_scratch():
     ref = materialize(model, a, a.crop_keep(widths))
     torch.testing.assert_close(dict(inh.named_modules())[name].weight, dict(ref.named_modules())[name].weight)
     assert not torch.allclose(dict(scr.named_modules())[name].weight, dict(ref.named_modules())[name].weight)
+    # l1: the channels of largest filter L1 norm, exactly as the L1 baseline keeps them
+    l1 = start_model("l1", model, a, widths, recalib).eval()
+    ref_l1 = materialize(model, a, l1_keep(model, a, widths))
+    torch.testing.assert_close(dict(l1.named_modules())[name].weight, dict(ref_l1.named_modules())[name].weight)
+    assert count_cost(l1, (1, 3, 8, 8)).macs == pricer.macs(widths)
     with pytest.raises(ValueError):
         start_model("generated", model, a, widths, recalib)
 
@@ -144,7 +150,11 @@ def test_prune_model_records_rank_check_and_start(tmp_path):
     )
     res = prune_model(model, tiny_data(), cfg, tmp_path, quiet=True)
     assert res.rank_check is not None and res.rank_check["n"] == 3
-    assert res.init in ("generated", "inherited") and set(res.start_accuracy) == {"generated", "inherited"}
+    # "best": both starts fine-tuned, the one with the better val top-1 after it kept
+    assert set(res.start_accuracy) == set(res.finetuned_accuracy) == {"generated", "l1"}
+    assert res.val_accuracy == res.finetuned_accuracy[res.init] == max(res.finetuned_accuracy.values())
     assert res.macs <= cfg.budget
     with pytest.raises(MetaedgeError):
         replace(cfg, start="somewhere")
+    with pytest.raises(MetaedgeError):
+        replace(cfg, best_starts=("generated", "elsewhere"))

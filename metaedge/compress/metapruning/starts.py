@@ -1,7 +1,8 @@
 """Where the final training of a found structure starts: one rule for every method.
 
 - ``generated``: the PruningNet's weights for these widths (MetaPruning's own start);
-- ``inherited``: the given model's kept channels (first k, or the channels ``keep`` names: L1);
+- ``inherited``: the given model's kept channels (first k, or the channels ``keep`` names);
+- ``l1``: the given model's channels of largest filter L1 norm (Li et al., 2017) for these widths;
 - ``scratch``: the structure re-initialised (the paper trains the found structure from scratch).
 
 Every start gets its BN statistics re-estimated on the same training batches, so their validation
@@ -17,12 +18,12 @@ import torch
 import torch.nn as nn
 
 from metaedge.compress.graph import GraphAnalysis
-from metaedge.compress.metapruning.materialize import materialize, recalibrate_bn
+from metaedge.compress.metapruning.materialize import l1_keep, materialize, recalibrate_bn
 from metaedge.compress.metapruning.pruningnet import PruningNet
 
 __all__ = ["STARTS", "start_model"]
 
-STARTS = ("generated", "inherited", "scratch")
+STARTS = ("generated", "inherited", "l1", "scratch")
 
 
 def _reinit(model: nn.Module, seed: int) -> nn.Module:
@@ -56,6 +57,8 @@ def start_model(
         small = materialize(full, analysis, keep)
     elif kind == "inherited":
         small = materialize(model, analysis, keep)
+    elif kind == "l1":
+        small = materialize(model, analysis, l1_keep(model, analysis, dict(widths)))
     elif kind == "scratch":
         small = _reinit(materialize(model, analysis, keep), seed)
     else:
