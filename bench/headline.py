@@ -61,7 +61,7 @@ ARCHS = ("resnet20", "mobilenetv2_100")
 # 0.12, not 0.1: with the bench preset's channel multiple of 8, ResNet-20's narrowest network keeps 11.6% of its MACs
 BUDGETS = ("0.5", "0.25", "0.12")
 GOAL_SPEEDUP = 4.0
-ROUNDS = 2  # interleaved timing rounds; the faster p50 of each model is kept
+ROUNDS = 3  # interleaved timing rounds; the fastest p50 of each model is kept (a slow stretch of the VM hit a whole 2-round pass once)
 
 
 def _onnx_accuracy(path: Path, data) -> float:
@@ -86,7 +86,7 @@ def _best_within(rows: list[FrontierRow], base: FrontierRow, tolerance: float, m
 
 
 def _time_side_by_side(fns: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
-    """p50 ms of each callable, timed in ``rounds`` interleaved rounds (the faster round kept), so a
+    """p50 ms of each callable, timed in ``rounds`` interleaved rounds (the fastest round kept), so a
     burst of load on the machine hits every model alike instead of one."""
     best: dict[str, float] = {}
     for _ in range(rounds):
@@ -131,8 +131,18 @@ def _graphs(rows: list[FrontierRow], root: Path) -> dict[str, dict[str, Path]]:
     out = {}
     for r in rows:
         d = root / "points" / r.point
-        quantized = r.quant != "off" and (d / "model_fp32.onnx").is_file()
-        out[r.point] = {"fp32": d / ("model_fp32.onnx" if quantized else "model.onnx"), **({"int8": d / "model.onnx"} if quantized else {})}
+        out[r.point] = {"fp32": d / "model_fp32.onnx", "int8": d / "model.onnx"} if r.quant != "off" else {"fp32": d / "model.onnx"}
+    return out
+
+
+def _starts(rows: list[FrontierRow], root: Path) -> dict[str, dict]:
+    """Per MetaPruning budget, the fine-tune starts' val top-1 before and after the fine-tune and the
+    one kept (PruneConfig.best_starts), from the points' manifests (the quant settings share the prune)."""
+    out = {}
+    for r in rows:
+        prune = (load_manifest(root / "points" / r.point).get("stages") or {}).get("prune") or {}
+        if r.pruner == "metapruning" and "finetuned_accuracy" in prune and r.budget not in out:
+            out[r.budget] = {"start": prune["start"], "before": prune["start_accuracy"], "after": prune["finetuned_accuracy"]}
     return out
 
 
@@ -226,6 +236,7 @@ def run_arch(arch: str, args: argparse.Namespace, timing: TimingConfig) -> dict:
         },
         "frontier": [asdict(r) for r in sweep.rows],
         "latency_vs_macs": latency_model,
+        "starts": _starts(sweep.rows, sweep.root),
         "deployed_ms": deployed_ms,  # each point's deployed graph, timed side by side here (the best point is chosen on these)
         "pruningnets": sweep.summary["pruningnets"],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -261,7 +272,7 @@ def _settings_line(r: dict) -> str:
     return (
         f"- {r['arch']}: {s['data']} at {s['input_size']}x{s['input_size']}, {s['train_subset']} training images, baseline {s['epochs']} epochs, "
         f"prune preset {s['prune_preset']}, quant preset {s['quant_preset']}, budgets {s['budgets']} x {s['quant']}, "
-        f"{r['timing']['repeats']} timed runs; {r['seconds'] / 60:.0f} min. Command: `{r['command'].strip()}`"
+        f"{r['timing']['repeats']} timed runs; this run {r['seconds'] / 60:.0f} min (a re-run reuses finished points and caches). Command: `{r['command'].strip()}`"
     )
 
 
@@ -331,6 +342,17 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
                 f"| {r['arch']} | {kind} | {f['intercept_ms']:.3f} | {f['ms_per_mmac']:.4f} | "
                 f"{r['baseline']['ort_fp32_ms'] / f['intercept_ms'] if f['intercept_ms'] > 0 else float('inf'):.1f}x | {f['points']} |"
             )
+    lines += [
+        "",
+        "MetaPruning's fine-tune starts (validation top-1 right after BN re-estimation -> after the fine-tune; the better after it is kept):",
+        "",
+        "| network | MACs budget | generated | l1 | kept |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in results:
+        for budget, st in (r.get("starts") or {}).items():
+            cells = [f"{100 * st['before'][k]:.2f} -> {100 * st['after'][k]:.2f}" if k in st["after"] else "-" for k in ("generated", "l1")]
+            lines.append(f"| {r['arch']} | {float(budget):.0%} | {cells[0]} | {cells[1]} | {st['start']} |")
     lines += ["", "Settings per network:"] + [_settings_line(r) for r in results if "settings" in r]
     lines += ["", f"Goal: metaedge's best point within 1 point at >= {GOAL_SPEEDUP:.0f}x the baseline's ONNX Runtime speed, ahead of the peer chain."]
     for r in results:
