@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-frac", type=float, default=5000 / 60000, help="validation share of the train file (default: 5k images)")
     # One thread: two processes with two OpenMP threads each on 2 cores run ~20x slower (spin-waits).
     ap.add_argument("--threads", type=int, default=1)
+    # MobileNetV2's bench PruningNet (hidden 64: ~141M generator weights) does not train in CPU time; demo's does
+    ap.add_argument("--prune-preset", default="bench", choices=sorted(PRESETS), help="PruningNet and search settings (default bench)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ft_epochs = args.ft_epochs or (1 if q else 6)
     n_check = args.rank_check if args.rank_check is not None else (3 if q else 10)
     budgets = [0.10] if q and args.budgets == ",".join(str(b) for b in BUDGETS) else [float(b) for b in args.budgets.split(",")]
-    pcfg = replace(PRESETS["bench"], finetune_epochs=ft_epochs, **({"pruningnet_epochs": args.pn_epochs} if args.pn_epochs else {}))
+    pcfg = replace(PRESETS[args.prune_preset], finetune_epochs=ft_epochs, **({"pruningnet_epochs": args.pn_epochs} if args.pn_epochs else {}))
     if args.population:
         pcfg = replace(pcfg, population=args.population, generations=args.generations or pcfg.generations)
     if q:
