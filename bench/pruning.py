@@ -23,6 +23,8 @@ Methods:
   l1           uniform's widths, channels of largest filter L1 norm (Li et al. 2017)
   tp_l1        Torch-Pruning MagnitudePruner (L1, global ratio), the field's peer tool
   random       random widths under the budget (the search's sampler and repair), first-k channels
+  maxparams    no PruningNet: the most parameters among 2000 random in-budget structures, the L1
+               start (the parameter count outranked the PruningNet in pruning_proxy_resnet20.md)
   vib          variational information bottleneck gates (Dai et al. 2018) trained with the weights for
                as many epochs as the PruningNet trains, channels kept by mu^2/sigma^2 to the budget
   tucker       Tucker-2 of every kxk conv and SVD of the linears, ranks by kept energy under the
@@ -77,6 +79,24 @@ from metaedge.zoo import create_model
 ARCHS = ("resnet20", "mobilenetv2_100")
 BUDGETS = (0.25, 0.10, 0.05)
 FILL = 0.95  # every method uses at least this share of the budget where it can
+MAXPARAMS_SAMPLES = 2000
+
+
+def max_params_widths(space: WidthSpace, cost, params, budget: float, seed: int = 2000) -> dict[str, int]:
+    """The in-budget structure with the most parameters among random repaired samples: the parameter count
+    ranked structures better than the PruningNet in bench/results/pruning_proxy_resnet20.md, so this is the
+    no-training baseline a PruningNet's search must beat. One structure per budget, shared by the seeds."""
+    rng = random.Random(seed)
+    best: tuple[float, dict[str, int]] | None = None
+    for _ in range(MAXPARAMS_SAMPLES):
+        genes = repair(space.sample(rng), space, cost, FILL * budget, budget, rng)
+        if genes is not None:
+            widths = space.widths(genes)
+            if best is None or params(widths) > best[0]:
+                best = (float(params(widths)), widths)
+    if best is None:
+        raise SystemExit(f"maxparams: no structure within {FILL:.0%}-100% of the budget; lower the channel multiple")
+    return best[1]
 
 
 def ort_latency_ms(model: nn.Module, x: torch.Tensor) -> float:
@@ -162,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     # One thread: two processes with two OpenMP threads each on 2 cores run ~20x slower (spin-waits).
     ap.add_argument("--threads", type=int, default=1)
     # MobileNetV2's bench PruningNet (hidden 64) did not finish one epoch of 4k images in 22 min on this CPU; demo's does
+    ap.add_argument(
+        "--pn-band",
+        default="all",
+        choices=("all", "per-budget"),
+        help="one PruningNet over the band of all budgets (default), or one per budget (ranked better at 25%% and 10%%, worse at 5%%, and did not beat uniform: bench/results/pruning_fmnist_resnet20_per_budget_pn_maxparams.md)",
+    )
     ap.add_argument("--prune-preset", default="bench", choices=sorted(PRESETS), help="PruningNet and search settings (default bench)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -236,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         pn: PruningNet | None = None
         for frac in [float(b) for b in args.run_budgets.split(",")] if args.run_budgets else budgets:
             budget = frac * pricer.base_macs
+            if args.pn_band == "per-budget":  # a PruningNet trained around this budget alone (ranks better, costs one per budget)
+                own = Band.around([budget])
+                pcfg_arch = replace(pcfg_arch, band=(own.lo, own.hi))
+                shared, pn = out / f"pruningnet_{arch}_{frac}.pt", None
             for seed in range(seeds):
                 tcfg = TrainConfig(epochs=ft_epochs, batch_size=pcfg.batch_size, lr=pcfg.finetune_lr, distill_alpha=pcfg.distill, seed=seed)
                 for method in methods:
@@ -295,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         if method in ("uniform", "l1"):
                             widths = uniform_widths(space, cost, budget, stop_at=FILL * budget)
+                        elif method == "maxparams":  # reference: no PruningNet, the structure spending the most parameters
+                            widths = max_params_widths(space, cost, pricer.params, budget)
                         elif method == "random":
                             rng = random.Random(1000 + seed)
                             genes = None
@@ -303,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                             widths = space.widths(genes)
                         else:
                             raise SystemExit(f"unknown method {method}")
-                        if method == "l1":
+                        if method in ("l1", "maxparams"):  # maxparams: the L1 start alone, so it needs no PruningNet
                             small = start_model("inherited", model, analysis, widths, recalib, keep=l1_keep(model, analysis, widths))
-                            extra = {"start": "inherited"}
+                            extra = {"start": "inherited" if method == "l1" else "l1"}
                         else:
                             if pn is None:  # the same generated-weights start MetaPruning gets
                                 pn = PruningNet(model, analysis, hidden=pcfg.hidden, init_from_model=pcfg.init_from_model)
@@ -320,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                                 tuned[k] = evaluate(m.eval(), val_loader)
                             init = max(starts, key=lambda k: (tuned[k], k == "generated"))
                             small, extra = starts[init], {"start": init, "start_acc": accs, "finetuned_acc": tuned}
-                        if method == "l1":
+                        if method in ("l1", "maxparams"):
                             fit(small, make_loader(data.train, tcfg.batch_size, True, seed), val_loader, tcfg, teacher=model, quiet=True)
                     small.eval()
                     c = count_cost(small, data.input_shape)
@@ -330,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                         "method": method,
                         "seed": seed,
                         "multiple": multiple,
+                        "pn_band": args.pn_band,
                         "macs": c.macs,
                         "params": c.params,
                         "budget_use": c.macs / budget,
@@ -362,7 +395,7 @@ def render(rows: list[dict]) -> str:
         "| network | MACs budget | method | top-1 test % (mean ± sd) | seeds | MMACs | budget use | params | ORT 1-thread p50 ms | start | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5, "vib": 6, "tucker": 7, "tucker_mp": 8}
+    order = {"unpruned": 0, "metapruning": 1, "uniform": 2, "l1": 3, "tp_l1": 4, "random": 5, "maxparams": 6, "vib": 7, "tucker": 8, "tucker_mp": 9}
     for (arch, budget, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], order.get(kv[0][2], 9))):
         accs = [r["test_acc"] * 100 for r in rs]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -399,7 +432,7 @@ def plot(rows: list[dict], path: Path) -> None:
     archs = sorted({r["arch"] for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.5), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for method in ("unpruned", "metapruning", "uniform", "l1", "tp_l1", "random", "vib", "tucker", "tucker_mp"):
+        for method in ("unpruned", "metapruning", "uniform", "l1", "tp_l1", "random", "maxparams", "vib", "tucker", "tucker_mp"):
             rs = [r for r in rows if r["arch"] == arch and r["method"] == method]
             if rs:
                 ax.scatter([r["latency_ms"] for r in rs], [r["test_acc"] * 100 for r in rs], label=method, s=18, marker="*" if method == "unpruned" else "o")

@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -168,7 +169,11 @@ def strip(run: dict) -> dict:
     return {k: v for k, v in run.items() if not k.startswith("_")}
 
 
-def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path, calib, reuse: dict | None = None) -> dict:
+def bench_model(
+    name: str, data, args, sweep, specs, methods, seeds, work: Path, calib, reuse: dict | None = None, on_progress: Callable[[dict], None] | None = None
+) -> dict:
+    """The model's table; ``on_progress(partial)`` after each (spec, method), so a killed run keeps
+    what it finished (``--reuse`` the written JSON to go on from there)."""
     print(f"== {name}", flush=True)
     torch.manual_seed(0)
     model = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans, input_size=data.input_size)
@@ -231,6 +236,8 @@ def bench_model(name: str, data, args, sweep, specs, methods, seeds, work: Path,
                 "packed_bytes": runs[0]["packed_bytes"],
                 "runs": [strip(x) for x in runs],
             }
+            if on_progress is not None:
+                on_progress(r)
             if spec == "w8a8" and "_result" in best and (best_w8 is None or statistics.fmean(r[spec][method]["test_last_k"]) > best_w8[0]):
                 best_w8 = (statistics.fmean(r[spec][method]["test_last_k"]), method, best)
     if best_w8 is not None and not args.no_export:
@@ -410,7 +417,13 @@ def main() -> int:
     t_all = time.perf_counter()
     try:
         for name in args.models.split(","):
-            results["models"][name] = bench_model(name, data, args, sweep, specs, methods, seeds, work, calib, (reuse or {}).get("models", {}).get(name))
+
+            def partial(r: dict, name: str = name) -> None:
+                results["models"][name] = r
+                atomic_write_json(out, results)
+
+            prev = (reuse or {}).get("models", {}).get(name)
+            results["models"][name] = bench_model(name, data, args, sweep, specs, methods, seeds, work, calib, prev, on_progress=partial)
             atomic_write_json(out, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
