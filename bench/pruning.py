@@ -92,8 +92,9 @@ def max_params_widths(space: WidthSpace, cost, params, budget: float, seed: int 
         genes = repair(space.sample(rng), space, cost, FILL * budget, budget, rng)
         if genes is not None:
             widths = space.widths(genes)
-            if best is None or params(widths) > best[0]:
-                best = (float(params(widths)), widths)
+            n = float(params(widths))
+            if best is None or n > best[0]:
+                best = (n, widths)
     if best is None:
         raise SystemExit(f"maxparams: no structure within {FILL:.0%}-100% of the budget; lower the channel multiple")
     return best[1]
@@ -213,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     val_loader = make_loader(data.val, 256, False)
     results_path = out / "results.json"
     rows: list[dict] = json.loads(results_path.read_text()) if results_path.exists() else []
+    # metapruning, uniform and random depend on the PruningNet: rows of the other band mode must not be resumed as done
+    other = {r.get("pn_band", "all") for r in rows if r["method"] in ("metapruning", "uniform", "random")} - {args.pn_band}
+    if other:
+        ap.error(f"{results_path} holds --pn-band {other.pop()} rows; pass another --out for --pn-band {args.pn_band}")
     done = {(r["arch"], r["budget"], r["method"], r["seed"]) for r in rows}
     x_par = data.val.tensors[0][:64]
     methods = args.methods.split(",")
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         pn: PruningNet | None = None
         for frac in [float(b) for b in args.run_budgets.split(",")] if args.run_budgets else budgets:
             budget = frac * pricer.base_macs
-            if args.pn_band == "per-budget":  # a PruningNet trained around this budget alone (ranks better, costs one per budget)
+            if args.pn_band == "per-budget":  # a PruningNet trained around this budget alone (one PruningNet per budget)
                 own = Band.around([budget])
                 pcfg_arch = replace(pcfg_arch, band=(own.lo, own.hi))
                 shared, pn = out / f"pruningnet_{arch}_{frac}.pt", None
