@@ -65,6 +65,7 @@ from metaedge.compress.graph import analyze_channels
 from metaedge.compress.lowrank import LowRankConfig, lowrank_model, pruning_budget
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, l1_keep, prune_model
 from metaedge.compress.metapruning.budget import uniform_widths
+from metaedge.compress.metapruning.diagnostic import spearman_interval
 from metaedge.compress.metapruning.sampling import Band
 from metaedge.compress.metapruning.space import repair
 from metaedge.compress.metapruning.starts import start_model
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                         if res.rank_check is not None:
                             extra["rank_check"] = res.rank_check
                             print(
-                                f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} over {res.rank_check['n']} structures",
+                                f"  {arch} {frac:.2f} rank diagnostic: Spearman {res.rank_check['spearman']:.3f} {_interval(res.rank_check)} over {res.rank_check['n']} structures",
                                 flush=True,
                             )
                     elif method == "vib":  # gate training as long as the PruningNet's
@@ -392,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interval(check: dict) -> str:
+    """The diagnostic's 90% bootstrap interval; results written before it was recorded get it from their points."""
+    lo, hi = check.get("interval_90") or spearman_interval([p["pruningnet"] for p in check["points"]], [p["trained"] for p in check["points"]])
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
 def render(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -415,10 +422,12 @@ def render(rows: list[dict]) -> str:
     if checks:
         lines += [
             "",
-            "| network | MACs budget | PruningNet rank diagnostic: Spearman (score vs val top-1 after a short fine-tune) | structures | fine-tune epochs |",
-            "|---|---|---|---|---|",
+            "| network | MACs budget | PruningNet rank diagnostic: Spearman (score vs val top-1 after a short fine-tune) | 90% bootstrap interval | structures | fine-tune epochs |",
+            "|---|---|---|---|---|---|",
         ]
-        lines += [f"| {a} | {b:.0%} | {c['spearman']:.3f} | {c['n']} | {c['epochs']} |" for a, b, c in sorted(checks, key=lambda x: (x[0], -x[1]))]
+        lines += [
+            f"| {a} | {b:.0%} | {c['spearman']:.3f} | {_interval(c)} | {c['n']} | {c['epochs']} |" for a, b, c in sorted(checks, key=lambda x: (x[0], -x[1]))
+        ]
     phases = [(r["arch"], r["budget"], r["phase_seconds"]) for r in rows if "phase_seconds" in r and r["seed"] == 0]
     if phases:
         lines += ["", "| network | MACs budget | MetaPruning wall s per phase (seed 0) |", "|---|---|---|"]

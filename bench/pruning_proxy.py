@@ -36,7 +36,7 @@ import torch
 
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace
-from metaedge.compress.metapruning.diagnostic import spearman
+from metaedge.compress.metapruning.diagnostic import spearman, spearman_interval
 from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.space import repair
 from metaedge.compress.metapruning.starts import start_model
@@ -191,21 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 REFERENCES = ("l1-recal", "params")
 
 
-def bootstrap_interval(a: list[float], b: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """90% percentile bootstrap interval of Spearman(a, b) over the structures: with a dozen structures one
-    coefficient is a noisy estimate, and the interval says how far a bar such as 0.6 is resolved."""
-    rng = random.Random(seed)
-    n = len(a)
-    stats = []
-    for _ in range(draws):
-        idx = [rng.randrange(n) for _ in range(n)]
-        r = spearman([a[i] for i in idx], [b[i] for i in idx])
-        if r == r:  # a resample with a constant side has no coefficient
-            stats.append(r)
-    stats.sort()
-    return stats[int(0.05 * len(stats))], stats[int(0.95 * len(stats)) - 1]
-
-
 def render(res: dict, budgets: list[float], variants: list[str], n: int, seeds: int) -> str:
     head = "| MACs budget | structures | truth spread (val top-1 points) | noise ceiling: Spearman(truth seed 0, seed 1) |"
     head += "".join(f" Spearman({v}, truth) |" for v in variants)
@@ -222,7 +207,7 @@ def render(res: dict, budgets: list[float], variants: list[str], n: int, seeds: 
             if None in sc:
                 row += " - |"
                 continue
-            lo, hi = bootstrap_interval(sc, mean_truth)
+            lo, hi = spearman_interval(sc, mean_truth)
             row += f" {spearman(sc, mean_truth):.3f} [{lo:.2f}, {hi:.2f}] |"
         for v in variants:
             sc = [res["scores"].get(f"{v}/{f}/{i}") for i in range(n)]

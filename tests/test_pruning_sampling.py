@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
@@ -12,7 +13,7 @@ from _prune_models import ALL, tiny_data
 from metaedge.compress.cost import count_cost
 from metaedge.compress.graph import analyze_channels
 from metaedge.compress.metapruning import PRESETS, Pricer, PruningNet, WidthSpace, materialize, prune_model
-from metaedge.compress.metapruning.diagnostic import rank_check, spearman
+from metaedge.compress.metapruning.diagnostic import rank_check, spearman, spearman_interval
 from metaedge.compress.metapruning.materialize import l1_keep
 from metaedge.compress.metapruning.sampling import Band, WidthSampler
 from metaedge.compress.metapruning.starts import start_model
@@ -112,6 +113,25 @@ def test_spearman():
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # nan: a constant side ranks nothing
 
 
+def test_spearman_interval_resolves_with_more_structures():
+    # a monotone proxy ranks perfectly in every resample
+    assert spearman_interval(list(range(10)), [2 * i for i in range(10)]) == (1.0, 1.0)
+    # the same noisy relation, 10 vs 80 structures: the point estimates agree, the interval narrows
+    rng = random.Random(0)
+    xs = [rng.random() for _ in range(80)]
+    ys = [x + rng.gauss(0, 0.3) for x in xs]
+    lo10, hi10 = spearman_interval(xs[:10], ys[:10])
+    lo80, hi80 = spearman_interval(xs, ys)
+    assert -1 <= lo10 < hi10 <= 1 and -1 <= lo80 < hi80 <= 1
+    assert lo80 <= spearman(xs, ys) <= hi80
+    assert hi80 - lo80 < 0.5 * (hi10 - lo10)
+    assert spearman_interval(xs[:10], ys[:10]) == (lo10, hi10)  # seeded: the manifest's interval is reproducible
+    assert spearman_interval(xs, ys, level=0.5)[1] - spearman_interval(xs, ys, level=0.5)[0] < hi80 - lo80
+    assert all(math.isnan(v) for v in spearman_interval([1, 1, 1], [1, 2, 3]))  # a constant side: nothing to resample
+    with pytest.raises(ValueError):
+        spearman_interval(xs, ys, level=90)
+
+
 def test_rank_check_scores_in_budget_structures():
     model, a, space, pricer = _setup()
     data = tiny_data()
@@ -128,6 +148,8 @@ def test_rank_check_scores_in_budget_structures():
     n_val = len(data.val)
     assert all(abs(p[k] * n_val - round(p[k] * n_val)) < 1e-6 and 0 <= p[k] <= 1 for p in check.points for k in ("pruningnet", "trained"))
     assert check.summary()["n"] == 5
+    lo, hi = check.summary()["interval_90"]
+    assert (lo != lo and hi != hi) or -1 <= lo <= hi <= 1
     assert check.spearman != check.spearman or -1 <= check.spearman <= 1  # nan only when one side is constant
 
 

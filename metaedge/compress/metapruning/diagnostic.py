@@ -24,7 +24,7 @@ from metaedge.compress.metapruning.training import score_candidate
 from metaedge.compress.train import TrainConfig, evaluate, fit
 from metaedge.data import DataSplits, make_loader
 
-__all__ = ["RankCheck", "rank_check", "spearman"]
+__all__ = ["RankCheck", "rank_check", "spearman", "spearman_interval"]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -36,6 +36,30 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def spearman_interval(a: Sequence[float], b: Sequence[float], level: float = 0.9, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of Spearman(a, b), resampling structures with replacement.
+
+    Ten structures give a noisy coefficient (0.5 can come from a proxy whose interval spans
+    [0.1, 0.8]); the interval says whether a bar such as 0.6 is resolved at all. Resamples with
+    a constant side have no coefficient and are dropped; (nan, nan) when none is left.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    rng = random.Random(seed)
+    n = len(a)
+    stats = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        r = spearman([a[i] for i in idx], [b[i] for i in idx])
+        if r == r:
+            stats.append(r)
+    if not stats:
+        return float("nan"), float("nan")
+    stats.sort()
+    tail = (1 - level) / 2
+    return stats[int(tail * len(stats))], stats[max(0, int((1 - tail) * len(stats)) - 1)]
+
+
 @dataclass
 class RankCheck:
     spearman: float
@@ -44,9 +68,15 @@ class RankCheck:
     epochs: int
     seconds: float
 
+    def interval(self) -> tuple[float, float]:
+        """90% bootstrap interval of ``spearman`` over the structures."""
+        return spearman_interval([p["pruningnet"] for p in self.points], [p["trained"] for p in self.points])
+
     def summary(self) -> dict:
+        lo, hi = self.interval()
         return {
             "spearman": self.spearman,
+            "interval_90": [lo, hi],
             "n": len(self.points),
             "start": self.start,
             "epochs": self.epochs,
