@@ -175,6 +175,9 @@ class PipelineConfig:
     # Every budget (same kind and syntax as prune_macs / prune_latency) one shared PruningNet trains for,
     # so the points of a `metaedge sweep` reuse it; None: a PruningNet for this run's budget alone.
     pruningnet_budgets: tuple[str, ...] | None = None
+    # Structures in the PruningNet rank diagnostic (Spearman of its score vs a 1-epoch fine-tune,
+    # with a bootstrap interval, in the manifest): 0 (default) skips it; each costs a short fine-tune.
+    prune_rank_check: int = 0
     quant: QuantSpec | None = QuantSpec(8, 8)  # from "w8a8", "w4a8", ...; None / "off": no quantization
     quantizer: str = "metaquant"  # "metaquant" | "ste" | "lsq" | "ptq"
     quant_preset: str = "demo"
@@ -230,6 +233,15 @@ class PipelineConfig:
             )
         if self.pruner not in PRUNERS:
             raise MetaedgeError(f"unknown pruner {self.pruner!r}", f"use --pruner {', '.join(PRUNERS)}")
+        if isinstance(self.prune_rank_check, bool) or not isinstance(self.prune_rank_check, int) or self.prune_rank_check < 0:
+            raise MetaedgeError(f"--prune-rank-check {self.prune_rank_check!r} is not a structure count", "pass 0 (off) or e.g. 10")
+        if self.prune_rank_check == 1:
+            raise MetaedgeError("--prune-rank-check 1 ranks a single structure: there is no correlation to measure", "pass 0 (off) or 10 or more")
+        if self.prune_rank_check and (self.pruner != "metapruning" or not (self.prune_enabled or self.latency_budget_enabled)):
+            raise MetaedgeError(
+                "--prune-rank-check checks MetaPruning's PruningNet, and this run trains none",
+                "add --pruner metapruning with a --prune-macs or --prune-latency budget, or drop --prune-rank-check",
+            )
         if self.lowrank not in LOWRANK:
             raise MetaedgeError(f"unknown low-rank method {self.lowrank!r}", f"use --lowrank {' or '.join(LOWRANK)}")
         if self.lowrank == "tucker" and self.latency_budget_enabled:

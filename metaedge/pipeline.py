@@ -50,7 +50,7 @@ from metaedge.manifest import (
 from metaedge.deploy.measure.local import time_onnxruntime, time_torch_eager
 from metaedge.zoo import build_model
 
-__all__ = ["PipelineResult", "check_model_and_budget", "prune_cache_key", "quant_cache_key", "run_pipeline", "tool_versions"]
+__all__ = ["PipelineResult", "check_model_and_budget", "prune_cache_key", "quant_cache_key", "rank_check_line", "run_pipeline", "tool_versions"]
 
 Log = Callable[[str], None]
 
@@ -266,7 +266,7 @@ def _prune_config(run: _Run, base_macs: int, latency_ms: float | None):
     """The PruneConfig of this run, its budget resolved to MACs or ms."""
     from metaedge.compress import metapruning as mp
 
-    preset = mp.PRESETS[run.cfg.prune_preset]
+    preset = replace(mp.PRESETS[run.cfg.prune_preset], rank_check=run.cfg.prune_rank_check)
     if latency_ms is not None:
         return replace(preset, budget_kind="latency", budget=float(latency_ms))
     assert run.cfg.prune_macs is not None  # no latency budget: the prune stage runs for a MACs budget
@@ -342,6 +342,8 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
             info["prune_budget"] = run_cfg.budget
         small, pruner_info, plot = _run_pruner(cfg, model, data, run_cfg, workdir, run.quiet, budget_fn, shared_pn)
         info.update(pruner_info)
+        if "rank_check" in info:
+            run.log(rank_check_line(info["rank_check"]))
     if tucker:
         from metaedge.compress.lowrank import LowRankConfig, lowrank_model
 
@@ -374,6 +376,15 @@ def _stage_prune(run: _Run, model: nn.Module, base_key: str) -> tuple[nn.Module,
             tmp.write_bytes(Path(plot).read_bytes())
         run.out.record_file("pruning_search.png", "accuracy vs MACs of evaluated candidates")
     return small.eval(), key
+
+
+def rank_check_line(check: dict[str, Any]) -> str:
+    """One log line for the PruningNet rank diagnostic, with what to do when the fitness does not rank."""
+    rho, (lo, hi) = check["spearman"], check["interval_90"]
+    line = f"prune: PruningNet rank diagnostic: Spearman {rho:.2f} (90% interval {lo:.2f}..{hi:.2f}) over {check['n']} structures"
+    if not rho >= 0.6:  # nan too: a constant score ranks nothing
+        line += "; the search's fitness ranks structures poorly here: compare with --pruner uniform at the same budget"
+    return line
 
 
 def _run_pruner(

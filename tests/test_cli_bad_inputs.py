@@ -127,6 +127,9 @@ _TINY = ["--model", "resnet20", "--width-mult", "0.5", "--input-size", "8", "--e
         (["--quant-layer-bits", "first=3"], "bits"),
         (["--width-mult", "0"], "must be positive"),
         (["--pruner", "none"], "nothing to spend the budget on"),
+        (["--prune-rank-check", "1"], "ranks a single structure"),
+        (["--pruner", "uniform", "--prune-rank-check", "10"], "trains none"),
+        (["--prune-macs", "off", "--prune-rank-check", "10"], "trains none"),
         (["--lowrank", "tucker", "--prune-macs", "off"], "needs a MACs budget"),
     ],
 )

@@ -66,6 +66,8 @@ def test_compress_full_chain_prune_quant_compile(tmp_path):
         "2",
         "--prune-macs",
         "0.5",
+        "--prune-rank-check",
+        "3",
         "--quant",
         "w8a8",
         "--target",
@@ -94,3 +96,7 @@ def test_compress_full_chain_prune_quant_compile(tmp_path):
     assert m["compiled"]["x86"]["chosen"] == "onnxruntime"
     assert m["compiled"]["x86"]["onnxruntime"]["latency"]["p50_ms"] > 0
     assert (out / "pruning_search.png").stat().st_size > 1000
+    # --prune-rank-check: the PruningNet's rank diagnostic in the manifest and the log
+    check = prune["rank_check"]  # the stage's details are merged into its section
+    assert check["n"] == 3 and len(check["points"]) == 3 and len(check["interval_90"]) == 2
+    assert "PruningNet rank diagnostic: Spearman" in proc.stdout + proc.stderr

@@ -104,3 +104,19 @@ def test_user_toml_target_is_accepted(tmp_path, monkeypatch):
     assert PipelineConfig(targets=("lab-pi",)).targets == ("lab-pi",)
     with pytest.raises(MetaedgeError, match="unknown target 'lab-pj'"):
         PipelineConfig(targets=("lab-pj",))
+
+
+def test_prune_rank_check_setting_and_its_log_line():
+    from metaedge.pipeline import rank_check_line
+
+    assert PipelineConfig(prune_rank_check=10).prune_rank_check == 10
+    for bad, needle in ((-1, "not a structure count"), (True, "not a structure count"), ("10", "not a structure count"), (1, "single structure")):
+        with pytest.raises(MetaedgeError, match=needle):
+            PipelineConfig(prune_rank_check=bad)
+    with pytest.raises(MetaedgeError, match="trains none"):
+        PipelineConfig(pruner="vib", prune_rank_check=10)
+    good = rank_check_line({"spearman": 0.8, "interval_90": [0.61, 0.93], "n": 12})
+    assert "Spearman 0.80 (90% interval 0.61..0.93) over 12 structures" in good and "--pruner uniform" not in good
+    # a fitness that does not rank (or ranks nothing: a constant score) points the user at the cheap baseline
+    for rho in (0.3, float("nan")):
+        assert "compare with --pruner uniform" in rank_check_line({"spearman": rho, "interval_90": [-0.2, 0.7], "n": 10})

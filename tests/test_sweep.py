@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -206,5 +207,9 @@ def test_plan_shares_one_pruningnet_band_across_budgets(tmp_path):
     assert not base.prune_enabled and not base.latency_budget_enabled and not base.quant_enabled
     with pytest.raises(MetaedgeError, match="serves --pruner metapruning alone"):
         PipelineConfig(pruner="uniform", pruningnet_budgets=("0.5",))
+    # the rank diagnostic follows MetaPruning's points only: the baseline and uniform points train no PruningNet
+    checked = replace(cfg, base=replace(cfg.base, prune_rank_check=10))
+    assert {point_config(checked, p, tmp_path).prune_rank_check for p in points} == {0, 10}
+    assert all(point_config(checked, p, tmp_path).prune_rank_check == (10 if p.pruner == "metapruning" else 0) for p in points)
     with pytest.raises(MetaedgeError, match="is a fraction"):
         PipelineConfig(targets=("x86",), prune_macs=None, prune_latency="2ms", pruningnet_budgets=("2ms", "0.5"))

@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
-from metaedge.cli._common import console, positive_int
+from metaedge.cli._common import console, nonnegative_int, positive_int
 from metaedge.config import META_NETS
 
 if TYPE_CHECKING:
@@ -50,6 +50,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
         choices=("metapruning", "vib", "uniform", "l1", "none"),
         help="channel pruner: metapruning (default: PruningNet + evolutionary search), vib (variational information bottleneck gates), "
         "uniform (one width ratio) or l1 (uniform widths, largest-L1 filters); none: --lowrank alone",
+    )
+    g.add_argument(
+        "--prune-rank-check",
+        type=nonnegative_int,
+        metavar="N",
+        help="MetaPruning: rank N random in-budget structures by the PruningNet's score and by a 1-epoch fine-tune, "
+        "and record their Spearman correlation and its 90%% interval in the manifest (default 0: off; 10 or more to read it)",
     )
     g.add_argument(
         "--lowrank",
@@ -114,6 +121,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "prune_preset",
         "prune_latency",
         "pruner",
+        "prune_rank_check",
         "lowrank",
         "quant",
         "quantizer",

@@ -62,9 +62,12 @@ def point_groups(points: list[SweepPoint]) -> list[list[SweepPoint]]:
 def point_config(cfg: SweepConfig, point: SweepPoint, root: Path) -> PipelineConfig:
     """A normal `metaedge compress` configuration writing the point's own artifact folder."""
     kw: dict[str, Any] = {"quant": point.quant}  # a spec as written: PipelineConfig parses it
-    base = replace(cfg.base, out=str(root / "points" / point.name), prune_macs=None, prune_latency=None, lowrank="off", pruningnet_budgets=None, **kw)
+    # the rank diagnostic is MetaPruning's: off for the unpruned and baseline-pruner points
+    base = replace(
+        cfg.base, out=str(root / "points" / point.name), prune_macs=None, prune_latency=None, lowrank="off", pruningnet_budgets=None, prune_rank_check=0, **kw
+    )
     if point.pruner is None:
         return base
     budget: dict[str, Any] = {"prune_macs": point.budget} if cfg.budget_kind == "macs" else {"prune_latency": point.budget}
-    shared: dict[str, Any] = {"pruningnet_budgets": cfg.budgets} if point.pruner == "metapruning" else {}
+    shared: dict[str, Any] = {"pruningnet_budgets": cfg.budgets, "prune_rank_check": cfg.base.prune_rank_check} if point.pruner == "metapruning" else {}
     return replace(base, pruner=point.pruner, **budget, **shared)
