@@ -343,3 +343,29 @@ def test_quantize_model_entry_point(tmp_path):
         ("fc", 7, "last; ort profile: 8 -> 7 bits", False),
     ]
     assert res.packed_bytes == sum(r["packed_bytes"] for r in res.layers) == res.to_dict()["packed_bytes"]
+
+
+def test_calibration_reestimates_bn_under_the_quantized_weights():
+    """1-bit DoReFa weights are +-max|W_c| (3-4x the float RMS): eval-mode BN with the float model's
+    statistics compounds that layer by layer until the observers calibrate to a useless range.
+    calibrate() re-estimates the live BNs first, so the ranges stay those of BWN (mean|W_c|)."""
+    from metaedge.compress.bn import recalibrate_bn
+    from metaedge.compress.metaquant.prepare import act_quantizers
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    for _ in range(7):
+        layers += [nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(16 * 8 * 8, 10))
+    xs = [torch.randn(32, 1, 8, 8) for _ in range(4)]
+    recalibrate_bn(model, xs).eval()  # the float model's own, correct statistics
+
+    def last_scale(kind: str, recal: bool) -> float:
+        q = prepare_qat(model, kind, 1)
+        calibrate(q, iter(xs), len(xs), recalibrate_bn=recal)
+        return act_quantizers(q)[-2].qparams()[0]  # the input range of the last layer
+
+    bwn, dorefa = last_scale("bwn", True), last_scale("dorefa", True)
+    assert dorefa < 3 * bwn, (dorefa, bwn)
+    assert last_scale("dorefa", False) > 30 * bwn  # the stale statistics this guards against
+    assert all(isinstance(m, nn.BatchNorm2d) and m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from metaedge.compress.bn import recalibrate_bn
 from metaedge.compress.graph import GraphAnalysis
 
 __all__ = ["materialize", "l1_keep", "normalize_keep", "recalibrate_bn"]
@@ -138,24 +139,3 @@ def l1_keep(model: nn.Module, analysis: GraphAnalysis, widths: Mapping[str, int]
             block, per = grp.size // grp.chunks, w // grp.chunks
             keep[g] = torch.cat([score[j * block : (j + 1) * block].topk(per).indices + j * block for j in range(grp.chunks)]).sort().values
     return keep
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Module:
-    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on
-    ``batches`` in train mode: cropped channels no longer see the statistics they were trained with."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    was = model.training
-    model.train()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for m, mom in zip(bns, saved, strict=True):
-            m.momentum = mom
-        model.train(was)
-    return model

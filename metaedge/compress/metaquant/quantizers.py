@@ -379,6 +379,13 @@ class ActFakeQuant(nn.Module):
         self._frozen: tuple[float, int] | None = None  # qparams as Python numbers while exporting
 
     @torch.no_grad()
+    def reset_observer(self) -> None:
+        """Forget the observed range: the next observed batch sets it afresh (as after construction)."""
+        self.min_val.zero_()
+        self.max_val.zero_()
+        self.initialized.fill_(False)
+
+    @torch.no_grad()
     def _update(self, x: torch.Tensor) -> None:
         lo, hi = x.min().clamp(max=0.0), x.max().clamp(min=0.0)  # the range always holds 0 exactly
         if not bool(self.initialized):
