@@ -184,7 +184,7 @@ class PipelineConfig:
     quant_profile: str = "auto"  # QDQ export profile: "auto" (tensorrt when a backend needs it), "ort", "tensorrt"
     quant_layer_bits: str = "default"  # per-layer bits: first, last, depthwise at 8 ("uniform": all at --quant's bits)
     quant_kd: float | None = None  # distillation weight from the fp32 model (None: the preset's)
-    quant_meta_net: str | None = None  # MetaQuant's meta network: fc, multifc, lstmfc (None: the quantizer's default, fc)
+    quant_meta_net: str | None = None  # MetaQuant's meta network: fc, multifc, lstmfc (None: the quantizer's default, multifc)
     targets: tuple[str, ...] = ("x86", "rpi4")
     device: str | None = None  # tracker-host:port/key or host:port for remote measurement
     backend: str = "auto"  # "auto" or comma-separated backend names

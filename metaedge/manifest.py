@@ -147,6 +147,9 @@ class QuantStage:
     export: dict[str, Any] | None = None
     fusion: dict[str, Any] | None = None
     tensorrt_rules: dict[str, Any] | None = None
+    # per QAT epoch: loss, val accuracy; MetaQuant adds meta_cos (mean cosine of its gradient with
+    # STE's: ~1.0 means the meta network has not moved off STE) and, for FC-Grad, meta_gain
+    history: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -520,6 +520,7 @@ def _stage_quant(run: _Run, model: nn.Module, fp32_onnx: Path, onnx_path: Path, 
             packed_bytes=res.packed_bytes,
             export=export,
             fusion=check_qdq_fusion(onnx_path) if profile == "ort" else None,
+            history=res.history,
         )
     )
     return res.model.eval(), parity

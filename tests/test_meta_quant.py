@@ -317,6 +317,21 @@ def test_on_epoch_adds_metrics_to_the_history():
     assert [h["test_accuracy"] for h in out.history] == [0.5, 1.5] and not any(h["training"] for h in out.history)
 
 
+@pytest.mark.parametrize("variant", ["fc", "multifc"])
+def test_history_records_how_far_the_meta_gradient_departs_from_ste(variant):
+    tl, vl = loaders()
+    meta = MetaNet(variant)
+    out = train_qat(prepared(), tl, vl, qat("metaquant", 2, 0.05, meta_variant=variant), quiet=True, meta=meta)
+    cos = [h["meta_cos"] for h in out.history]
+    assert all(-1.0 <= c <= 1.0 + 1e-6 for c in cos), cos
+    if variant == "fc":  # a * g with a > 0 keeps g's direction; the gain is the one thing it learns
+        assert cos == pytest.approx([1.0, 1.0], abs=1e-5)
+        assert out.history[-1]["meta_gain"] == pytest.approx(float(meta.net.gain()))
+    else:  # the zero-initialised last layer moves off STE once trained
+        assert "meta_gain" not in out.history[-1] and cos[-1] < 1.0
+    assert "meta_cos" not in train_qat(prepared(), tl, vl, qat("ste", 1, 0.05), quiet=True).history[0]
+
+
 def test_quantize_model_entry_point(tmp_path):
     d = splits()
     torch.manual_seed(0)

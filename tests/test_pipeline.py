@@ -108,7 +108,9 @@ def test_metaquant_meta_net_reaches_qat(tmp_path, cache):
     result = run_pipeline(cfg, log=lambda m: None, quiet=True)
     q = result.manifest.stages.quant
     assert (q.method, q.meta_net) == ("metaquant", "multifc") and result.manifest.export.parity["passed"] is True
-    assert _manifest(cfg)["stages"]["quant"]["meta_net"] == "multifc"
+    quant = _manifest(cfg)["stages"]["quant"]
+    assert quant["meta_net"] == "multifc"
+    assert quant["history"] and all(-1.0 <= h["meta_cos"] <= 1.0 + 1e-6 for h in quant["history"])  # how far it moved off STE
 
 
 def test_qat_cache_key_follows_the_pruned_model():

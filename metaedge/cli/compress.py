@@ -84,7 +84,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument(
         "--quant-meta-net",
         choices=META_NETS,
-        help="MetaQuant's meta network: fc (default: FC-Grad, the paper's), multifc (element-wise MLP) or lstmfc (LSTM cell; small models only)",
+        help="MetaQuant's meta network: multifc (default: element-wise MLP that steers direction, not step size), fc (FC-Grad, the paper's: a learned lr multiplier) or lstmfc (LSTM cell; small models only)",
     )
     g = p.add_argument_group("targets and measurement")
     g.add_argument("--target", action="append", help="target to compile for (repeatable; 'none' to skip); default x86 and rpi4")

@@ -62,7 +62,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument("--prune-preset", choices=("demo", "bench", "full"))
     g.add_argument("--quantizer", choices=("metaquant", "ste", "lsq", "ptq"))
     g.add_argument("--quant-preset", choices=("demo", "full"))
-    g.add_argument("--quant-meta-net", choices=META_NETS, help="MetaQuant's meta network: fc (default), multifc or lstmfc")
+    g.add_argument("--quant-meta-net", choices=META_NETS, help="MetaQuant's meta network: multifc (default), fc or lstmfc")
     g.add_argument("--target", action="append", help="target(s) to compile for; the first is the frontier's (default x86 and rpi4)")
     g.add_argument("--device", help="remote device for measurement: tracker-host:port/key or host:port")
     g.add_argument("--backend", help="auto (default: fastest measured), onnxruntime, tvm, tensorrt")

@@ -57,7 +57,10 @@ class QuantConfig:
     act_bits: int = 8
     weight_quantizer: str = "symmetric"  # "symmetric" | "dorefa" | "bwn" (method "lsq" always uses "lsq")
     method: str = "metaquant"  # "metaquant" | "ste" | "lsq"
-    meta_variant: str = "fc"  # "fc" | "multifc" | "lstmfc"; fc: tied with multifc on validation at 1x the cost (bench/results/quant_meta_variants_fmnist.md)
+    # "fc" | "multifc" | "lstmfc". multifc: FC-Grad is a learned lr multiplier whose gain ran away to
+    # 5-12x in every run measured (1-bit DoReFa at sgd 0.02: 61% against STE's 84%); multifc keeps the
+    # optimiser's step size by design (bench/results/quant_meta_default_fmnist.md)
+    meta_variant: str = "multifc"
     meta_hidden: int | None = None  # None: the variant's default (meta.DEFAULT_HIDDEN: fc 100, multifc 32, lstmfc 16)
     epochs: int = 3
     optimizer: str = "sgd"  # for the weights: "sgd" (momentum 0.9, cosine) | "adam"

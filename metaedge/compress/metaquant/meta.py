@@ -6,8 +6,10 @@ previous step, the float weight and the layer's weight quantizer. Variants:
 * ``fc``      FC-Grad as in the paper and its reference code: ``M(g) = FC2(FC1(g))``, hidden 100, no
   non-linearity, no biases, on the raw gradient. Kept for reference: without a non-linearity it is
   the map ``a * g`` (evaluated in that collapsed form, same values and gradients), a learned
-  learning-rate multiplier -- it cannot change a gradient's direction.
-* ``multifc`` MultiFC: an MLP ``3 -> h -> h -> 1`` (tanh) on per-element features.
+  learning-rate multiplier -- it cannot change a gradient's direction. Trained to cut the next
+  step's loss, that multiplier grows: 1 -> 5-12 within a few hundred steps in every bench run
+  (``meta_gain`` in the QAT history), so it is not the default.
+* ``multifc`` MultiFC: an MLP ``3 -> h -> h -> 1`` (tanh) on per-element features; the default.
 * ``lstmfc``  LSTMFC: an ``LSTMCell(3, h)`` on the same features, one detached state per layer (the
   paper's choice), then ``Linear(h, 1)``.
 

@@ -132,6 +132,9 @@ class _QATHooks(SupervisedHooks):
         self.meta_opt = torch.optim.Adam(meta.parameters(), lr=cfg.meta_lr) if meta is not None else None
         self.prev_grad: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
+        # how far the meta gradient departs from STE's, per epoch: the mean cosine between M(g) and g
+        # over layers and steps (1.0: STE's direction) -- FC-Grad's gain is logged beside it
+        self._cos_sum, self._cos_n = 0.0, 0
 
     def before_epoch(self, epoch: int) -> None:
         set_observe(self.model, epoch < self.qat.observe_epochs)
@@ -149,7 +152,11 @@ class _QATHooks(SupervisedHooks):
                 m.w_meta = None  # first step: no meta input yet, plain STE forward
                 continue
             w = m.weight.detach()
-            mg = m.wq.calib(w) * self.meta(g_prev, w, name, m.wq)
+            out = self.meta(g_prev, w, name, m.wq)
+            with torch.no_grad():
+                self._cos_sum += float(torch.nn.functional.cosine_similarity(out.reshape(1, -1), g_prev.reshape(1, -1)))
+                self._cos_n += 1
+            mg = m.wq.calib(w) * out
             grad = mg + self.cfg.weight_decay * w
             m.w_meta = w - _update_of(self.opt, m.weight, grad, lr)
             self.grads[name] = grad.detach()
@@ -184,11 +191,23 @@ class _QATHooks(SupervisedHooks):
     def end_of_epoch(self, epoch: int) -> dict[str, Any]:
         self.stop_capture()
         row = super().end_of_epoch(epoch)
+        if self.meta is not None:
+            row.update(self.meta_stats())
         if self.on_epoch is not None:
             self.model.eval()
             with torch.no_grad():
                 row.update(self.on_epoch(epoch, self.model) or {})
         return row
+
+    def meta_stats(self) -> dict[str, float]:
+        """This epoch's ``meta_cos`` (mean cosine of M(g) with g) and, for FC-Grad, ``meta_gain``; resets the mean."""
+        stats: dict[str, float] = {}
+        if self._cos_n:
+            stats["meta_cos"] = self._cos_sum / self._cos_n
+        if self.meta is not None and self.meta.variant == "fc":
+            stats["meta_gain"] = float(self.meta.net.gain().detach())  # type: ignore[operator]
+        self._cos_sum, self._cos_n = 0.0, 0
+        return stats
 
     def stop_capture(self) -> None:
         for m in self.layers.values():
