@@ -132,7 +132,9 @@ def test_qat_cache_key_follows_the_pruned_model():
     assert quant_cache_key(ka, qcfg) != quant_cache_key(kb, qcfg)
     assert quant_cache_key(ka, qcfg) == quant_cache_key(ka, replace(qcfg))  # same inputs, same key
     assert quant_cache_key(ka, qcfg) != quant_cache_key(ka, replace(qcfg, epochs=qcfg.epochs + 1))
-    assert quant_cache_key(ka, qcfg) != quant_cache_key(ka, replace(qcfg, meta_variant="multifc"))  # another meta network, another checkpoint
+    assert quant_cache_key(ka, qcfg) != quant_cache_key(
+        ka, replace(qcfg, meta_variant="fc" if qcfg.meta_variant != "fc" else "multifc")
+    )  # another meta network, another checkpoint
     # the same latency budget priced on another target is another pruned model
     c = PipelineConfig(prune_latency="2ms", targets=("rpi4",))
     assert prune_cache_key("base", c, replace(preset, budget_kind="latency", budget=2.0)) != ka
